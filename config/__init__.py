@@ -1,0 +1,1 @@
+"""Settings model and the default YAML (agents, tasks, evidence requirements, policy, mappings)."""

@@ -1,0 +1,1 @@
+"""SIEM and EDR connectors: HTTP, auth, paging, retries and normalization; nothing about agents."""

@@ -1,0 +1,169 @@
+"""The small protocols every connector implements, and the value types they exchange.
+
+A hunt is written once as an `EventQuery` over ECS field names and translated per dialect
+(SQL for the local store, SPL, query DSL / ES|QL). Events travel as flat dicts keyed by dotted
+ECS names (`host.name`, `process.command_line`, ...).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from siemcrew.crew.models import Alert, Case, TimeRange
+
+FilterOp = Literal["eq", "in", "contains", "startswith", "endswith", "exists", "gte", "lte"]
+
+
+class ConnectorError(RuntimeError):
+    """A connector failed in a way the caller should report (not a programming error)."""
+
+
+class QueryRefused(ConnectorError):
+    """The read-only guard refused a query (it writes, sends, runs scripts or calls REST)."""
+
+
+class Filter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    field: str
+    op: FilterOp = "eq"
+    value: Any = None
+    negate: bool = False
+
+    def values(self) -> list[Any]:
+        return list(self.value) if isinstance(self.value, (list, tuple, set)) else [self.value]
+
+
+class EventQuery(BaseModel):
+    """A dialect-neutral hunt: AND of `filters`, AND of OR-groups in `any_of`.
+
+    String comparisons are case-insensitive in every dialect, as Sigma's are.
+    With `group_by`, the result is one row per distinct combination with a `count`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    time_range: TimeRange | None = None
+    filters: list[Filter] = Field(default_factory=list)
+    any_of: list[list[Filter]] = Field(default_factory=list)
+    categories: list[str] = Field(default_factory=list)
+    group_by: list[str] = Field(default_factory=list)
+    limit: int = 200
+    order: Literal["asc", "desc"] = "asc"
+    scope: str | None = None
+
+    def where(self, field: str, value: Any, op: FilterOp = "eq", negate: bool = False) -> "EventQuery":
+        self.filters.append(Filter(field=field, op=op, value=value, negate=negate))
+        return self
+
+
+class SearchResult(BaseModel):
+    """What a search returned: the exact query text sent, how many matched, and a page of rows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connector: str
+    language: str
+    query: str
+    total: int
+    events: list[dict[str, Any]] = Field(default_factory=list)
+    truncated: bool = False
+
+
+class AlertBatch(BaseModel):
+    alerts: list[Alert]
+    checkpoint: str | None = None
+
+
+class AlertUpdate(BaseModel):
+    """A verdict written back to the source: workflow status plus a human-readable comment."""
+
+    status: Literal["in_progress", "acknowledged", "closed", "escalated"]
+    verdict: str
+    comment: str
+    summary: str = ""
+    report_link: str | None = None
+    urgency: str | None = None
+    owner: str | None = None
+
+
+class HealthReport(BaseModel):
+    connector: str
+    ok: bool
+    detail: str = ""
+    version: str | None = None
+
+
+@runtime_checkable
+class SiemConnector(Protocol):
+    name: str
+    language: str
+
+    def fetch_alerts(self, checkpoint: str | None, limit: int = 100) -> AlertBatch: ...
+
+    def search(self, query: EventQuery) -> SearchResult: ...
+
+    def run_native(self, query: str, time_range: TimeRange | None = None, limit: int = 200) -> SearchResult: ...
+
+    def run_sigma(self, rule_yaml: str, time_range: TimeRange | None = None, limit: int = 200) -> SearchResult: ...
+
+    def update_alert(self, alert: Alert, update: AlertUpdate) -> None: ...
+
+    def publish_case(self, case: Case) -> None: ...
+
+    def health(self) -> HealthReport: ...
+
+
+class HostRef(BaseModel):
+    vendor: str
+    id: str
+    hostname: str | None = None
+    ip: str | None = None
+
+
+class HostContext(BaseModel):
+    host: HostRef
+    online: bool | None = None
+    os: str | None = None
+    last_seen: datetime | None = None
+    containment: Literal["normal", "pending", "contained", "release_pending", "unknown"] = "unknown"
+    logged_on_users: list[str] = Field(default_factory=list)
+    detections: int = 0
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class ActionTicket(BaseModel):
+    """A vendor action in flight; done only when the vendor says so."""
+
+    vendor: str
+    action: Literal["contain", "release", "kill_process"]
+    host_id: str
+    ticket_id: str
+    state: Literal["pending", "done", "failed", "timed_out"] = "pending"
+    detail: str = ""
+
+
+@runtime_checkable
+class EdrConnector(Protocol):
+    name: str
+
+    def find_host(self, name: str | None = None, ip: str | None = None, agent_id: str | None = None) -> HostRef | None: ...
+
+    def host_context(self, host: HostRef) -> HostContext: ...
+
+    def process_events(self, host: HostRef, time_range: TimeRange, pid: int | None = None) -> list[dict[str, Any]]: ...
+
+    def detections(self, host: HostRef, time_range: TimeRange) -> list[dict[str, Any]]: ...
+
+    def contain(self, host: HostRef, comment: str) -> ActionTicket: ...
+
+    def release(self, host: HostRef, comment: str) -> ActionTicket: ...
+
+    def kill_process(self, host: HostRef, pid: int, comment: str) -> ActionTicket: ...
+
+    def action_status(self, ticket: ActionTicket) -> ActionTicket: ...
+
+    def health(self) -> HealthReport: ...

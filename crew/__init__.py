@@ -1,0 +1,1 @@
+"""Domain model, agents, flow, gates (verifier, policy, approvals), case store and audit log."""

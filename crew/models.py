@@ -1,0 +1,336 @@
+"""The domain model: alerts, evidence, findings, stage results, proposals, approvals and the case.
+
+Everything here is a pydantic v2 model so that it can be persisted, hashed, shown and validated
+the same way by the flow, the CLI, the service and the tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from siemcrew.crew.timeutil import iso, parse_time, utcnow
+
+Verdict = Literal["benign", "suspicious", "malicious", "inconclusive"]
+Confidence = Literal["low", "medium", "high"]
+EvidenceStatus = Literal["ok", "empty", "error"]
+CaseStatus = Literal["new", "investigating", "awaiting_approval", "escalated", "closed", "failed"]
+PolicyOutcome = Literal["auto", "approval_required", "denied"]
+ActionState = Literal["pending", "done", "failed", "timed_out", "dry_run", "skipped"]
+
+
+def canonical_json(value: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces): the one byte form that hashes are taken over."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
+
+
+def sha256_of(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+class TimeRange(Model):
+    start: datetime
+    end: datetime
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _aware(cls, value: Any) -> datetime:
+        parsed = parse_time(value)
+        if parsed is None:
+            raise ValueError(f"not a timestamp: {value!r}")
+        return parsed
+
+    @classmethod
+    def around(cls, moment: datetime, before: timedelta, after: timedelta) -> "TimeRange":
+        return cls(start=moment - before, end=moment + after)
+
+    def covers(self, other: "TimeRange") -> bool:
+        return self.start <= other.start and self.end >= other.end
+
+    def label(self) -> str:
+        return f"{iso(self.start)}..{iso(self.end)}"
+
+
+class ProcessRef(Model):
+    executable: str | None = None
+    command_line: str | None = None
+    pid: int | None = None
+    entity_id: str | None = None
+    parent_executable: str | None = None
+    parent_command_line: str | None = None
+    parent_pid: int | None = None
+    parent_entity_id: str | None = None
+    hash_sha256: str | None = None
+
+
+class Entities(Model):
+    """The entities an alert names; the verifier checks that each one was pivoted on."""
+
+    hosts: list[str] = Field(default_factory=list)
+    users: list[str] = Field(default_factory=list)
+    processes: list[str] = Field(default_factory=list)
+    ips: list[str] = Field(default_factory=list)
+    hashes: list[str] = Field(default_factory=list)
+    files: list[str] = Field(default_factory=list)
+
+    def items(self) -> list[tuple[str, str]]:
+        """(entity type, value) pairs in a stable order."""
+        pairs: list[tuple[str, str]] = []
+        for kind in ("hosts", "users", "processes", "ips", "hashes", "files"):
+            for value in getattr(self, kind):
+                pairs.append((kind[:-1] if kind != "processes" else "process", value))
+        return pairs
+
+
+class Alert(Model):
+    """A normalized alert from any source, with the raw payload kept as it came."""
+
+    id: str
+    source: str = "local"
+    rule_name: str
+    rule_id: str | None = None
+    rule_path: str | None = None
+    severity: str = "medium"
+    risk_score: float | None = None
+    description: str = ""
+    timestamp: datetime
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    techniques: list[str] = Field(default_factory=list)
+    tactics: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    entities: Entities = Field(default_factory=Entities)
+    process: ProcessRef | None = None
+    event: dict[str, Any] = Field(default_factory=dict)
+    scope: str | None = None
+    drilldown: str | None = None
+    link: str | None = None
+    raw: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("timestamp", "first_seen", "last_seen", mode="before")
+    @classmethod
+    def _aware(cls, value: Any) -> datetime | None:
+        if value is None:
+            return None
+        parsed = parse_time(value)
+        if parsed is None:
+            raise ValueError(f"not a timestamp: {value!r}")
+        return parsed
+
+    @field_validator("techniques", mode="before")
+    @classmethod
+    def _techniques(cls, value: Any) -> list[str]:
+        items = [value] if isinstance(value, str) else list(value or [])
+        out: list[str] = []
+        for item in items:
+            text = str(item).strip().upper().removeprefix("ATTACK.")
+            if text and text not in out:
+                out.append(text)
+        return out
+
+    @property
+    def primary_host(self) -> str | None:
+        return self.entities.hosts[0] if self.entities.hosts else None
+
+
+class Evidence(Model):
+    """What one query returned. Written by tools, never by a model."""
+
+    id: str = ""
+    kind: str
+    entity_type: str | None = None
+    entity: str | None = None
+    connector: str
+    language: str
+    query: str
+    time_range: TimeRange | None = None
+    count: int = 0
+    sample: list[dict[str, Any]] = Field(default_factory=list)
+    truncated: bool = False
+    status: EvidenceStatus
+    error: str | None = None
+    tool: str = ""
+    agent: str | None = None
+    round: int = 0
+    collected_at: datetime = Field(default_factory=utcnow)
+    content_hash: str = ""
+
+    def seal(self) -> "Evidence":
+        """Fix the content hash and the id derived from it (idempotent)."""
+        body = self.model_dump(mode="json", exclude={"id", "content_hash", "collected_at"})
+        self.content_hash = sha256_of(body)
+        self.id = "ev-" + self.content_hash[:12]
+        return self
+
+
+class Finding(Model):
+    """A claim an agent makes; it must cite evidence ids that exist in the case."""
+
+    id: str = ""
+    agent: str
+    kind: Literal["malicious", "suspicious", "benign", "context"] = "context"
+    confidence: Confidence = "medium"
+    statement: str
+    evidence_ids: list[str] = Field(default_factory=list)
+    entities: list[str] = Field(default_factory=list)
+    technique: str | None = None
+
+
+class TriageResult(Model):
+    verdict: Verdict
+    confidence: Confidence
+    summary: str
+    findings: list[Finding] = Field(default_factory=list)
+    pivots: list[str] = Field(default_factory=list)
+
+
+class HuntResult(Model):
+    summary: str
+    findings: list[Finding] = Field(default_factory=list)
+    affected_hosts: list[str] = Field(default_factory=list)
+    affected_users: list[str] = Field(default_factory=list)
+    pivoted: list[str] = Field(default_factory=list)
+
+
+class ImpactAssessment(Model):
+    verdict: Verdict
+    confidence: Confidence
+    severity: Literal["low", "medium", "high", "critical"] = "medium"
+    summary: str
+    affected_hosts: list[str] = Field(default_factory=list)
+    affected_users: list[str] = Field(default_factory=list)
+    critical_assets: list[str] = Field(default_factory=list)
+    findings: list[Finding] = Field(default_factory=list)
+
+
+class Gap(Model):
+    check: str
+    detail: str
+    hint: str | None = None
+
+
+class VerificationReport(Model):
+    status: Literal["complete", "incomplete"]
+    round: int = 0
+    gaps: list[Gap] = Field(default_factory=list)
+    passed: list[str] = Field(default_factory=list)
+    concerns: list[str] = Field(default_factory=list)
+
+
+class ActionProposal(Model):
+    action: str
+    target: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    reason: str = ""
+    evidence_ids: list[str] = Field(default_factory=list)
+    proposed_by: str = "responder"
+
+    @property
+    def args_sha256(self) -> str:
+        return sha256_of({"action": self.action, "target": self.target, "args": self.args})
+
+    def key(self, case_id: str) -> str:
+        """The idempotency key: one execution per (case, action, target)."""
+        return f"{case_id}:{self.action}:{self.target}"
+
+
+class PolicyDecision(Model):
+    action: str
+    target: str
+    args_sha256: str
+    outcome: PolicyOutcome
+    reasons: list[str] = Field(default_factory=list)
+    decided_at: datetime = Field(default_factory=utcnow)
+
+
+class Approval(Model):
+    case_id: str
+    action: str
+    target: str
+    args_sha256: str
+    decision: Literal["approve", "deny"]
+    by: str
+    reason: str
+    at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+
+    def applies_to(self, case_id: str, proposal: ActionProposal, now: datetime | None = None) -> bool:
+        """True only for the exact case, action, target and canonical arguments, before expiry."""
+        now = now or utcnow()
+        return (
+            self.case_id == case_id
+            and self.action == proposal.action
+            and self.target == proposal.target
+            and self.args_sha256 == proposal.args_sha256
+            and now < self.expires_at
+        )
+
+
+class ActionResult(Model):
+    key: str
+    action: str
+    target: str
+    state: ActionState
+    executor: str
+    detail: str = ""
+    ticket: str | None = None
+    at: datetime = Field(default_factory=utcnow)
+
+
+class TimelineEntry(Model):
+    at: datetime = Field(default_factory=utcnow)
+    actor: str
+    event: str
+    detail: str = ""
+
+
+class Case(Model):
+    """One persistent investigation; the crewAI flow state holds exactly this."""
+
+    id: str
+    status: CaseStatus = "new"
+    verdict: Verdict = "inconclusive"
+    confidence: Confidence = "low"
+    summary: str = ""
+    alerts: list[Alert] = Field(default_factory=list)
+    round: int = 0
+    evidence: list[Evidence] = Field(default_factory=list)
+    findings: list[Finding] = Field(default_factory=list)
+    triage: TriageResult | None = None
+    hunts: list[HuntResult] = Field(default_factory=list)
+    impact: ImpactAssessment | None = None
+    verifications: list[VerificationReport] = Field(default_factory=list)
+    proposals: list[ActionProposal] = Field(default_factory=list)
+    decisions: list[PolicyDecision] = Field(default_factory=list)
+    approvals: list[Approval] = Field(default_factory=list)
+    results: list[ActionResult] = Field(default_factory=list)
+    affected_hosts: list[str] = Field(default_factory=list)
+    affected_users: list[str] = Field(default_factory=list)
+    timeline: list[TimelineEntry] = Field(default_factory=list)
+    llm_calls: int = 0
+    llm_tokens: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def alert(self) -> Alert:
+        return self.alerts[0]
+
+    @property
+    def verification(self) -> VerificationReport | None:
+        return self.verifications[-1] if self.verifications else None
+
+    def evidence_by_id(self) -> dict[str, Evidence]:
+        return {item.id: item for item in self.evidence}
+
+    def note(self, actor: str, event: str, detail: str = "") -> None:
+        self.timeline.append(TimelineEntry(actor=actor, event=event, detail=detail))
+        self.updated_at = utcnow()
