@@ -242,6 +242,13 @@ class ActionProposal(Model):
         return f"{case_id}:{self.action}:{self.target}"
 
 
+class ResponsePlan(Model):
+    """What the responder proposes; every item still passes the policy gate."""
+
+    summary: str = ""
+    proposals: list[ActionProposal] = Field(default_factory=list)
+
+
 class PolicyDecision(Model):
     action: str
     target: str
@@ -317,6 +324,9 @@ class Case(Model):
     timeline: list[TimelineEntry] = Field(default_factory=list)
     llm_calls: int = 0
     llm_tokens: int = 0
+    queries: int = 0
+    unsupported_findings: int = 0
+    flow_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 

@@ -1,0 +1,338 @@
+"""The `siemcrew` command line: a thin layer over `siemcrew.crew.operations`.
+
+crewAI is imported only by commands that investigate, so `siemcrew --help`, `audit verify`,
+`cases` and `approvals` stay fast.
+
+Exit codes: 0 ok; 1 error (configuration, input, connector); 2 usage; 3 another `run` holds the
+lock; 4 some alerts failed (the others were processed; the checkpoint did not advance);
+5 the audit log failed verification; 6 approval refused (nothing pending, already decided, expired).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_LOCKED, EXIT_PARTIAL, EXIT_AUDIT, EXIT_APPROVAL = 0, 1, 2, 3, 4, 5, 6
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="siemcrew: multi-agent SIEM investigations "
+                  "with recorded evidence, deterministic gates and bound approvals.")
+cases_app = typer.Typer(no_args_is_help=True, help="List and show cases.")
+audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
+splunk_app = typer.Typer(no_args_is_help=True, help="The Splunk app (custom alert action).")
+app.add_typer(cases_app, name="cases")
+app.add_typer(audit_app, name="audit")
+app.add_typer(splunk_app, name="splunk-app")
+
+console = Console(stderr=True)
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: $SIEMCREW_CONFIG or built-in local).")
+JsonOpt = typer.Option(False, "--json", help="Machine-readable JSON on stdout.")
+
+
+def _settings(config: Optional[Path], **overrides: Any) -> Any:
+    from siemcrew.config.settings import Settings, SettingsError
+
+    try:
+        return Settings.load(config, **overrides)
+    except SettingsError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def _runtime(config: Optional[Path], **overrides: Any) -> Any:
+    from siemcrew.crew.runtime import Runtime
+
+    settings = _settings(config, **overrides)
+    try:
+        return Runtime(settings)
+    except Exception as exc:  # noqa: BLE001 - report any start-up failure as a clear error
+        console.print(f"[red]cannot start:[/red] {type(exc).__name__}: {exc}")
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def _emit(data: Any, as_json: bool, human: Callable[[], None]) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    else:
+        human()
+
+
+def _case_row(case: Any) -> dict[str, Any]:
+    return {"id": case.id, "status": case.status, "verdict": case.verdict, "confidence": case.confidence,
+            "alert": case.alert.id, "rule": case.alert.rule_name, "host": case.alert.primary_host,
+            "affected_hosts": case.affected_hosts, "affected_users": case.affected_users, "rounds": case.round + 1,
+            "queries": case.queries, "actions": [f"{r.action}:{r.target}:{r.state}" for r in case.results]}
+
+
+def _cases_table(cases: list[Any], title: str = "cases") -> None:
+    table = Table(title=title)
+    for col in ("case", "status", "verdict", "rule", "host", "scope", "actions"):
+        table.add_column(col)
+    for case in cases:
+        row = _case_row(case)
+        table.add_row(row["id"], row["status"], f"{row['verdict']} ({row['confidence']})", row["rule"][:40],
+                      str(row["host"]), ", ".join(row["affected_hosts"]), "\n".join(row["actions"]))
+    Console().print(table)
+
+
+def _pending_table(pending: list[Any]) -> None:
+    table = Table(title="approvals awaiting a decision")
+    for col in ("case", "action", "target", "args sha256", "requested", "why"):
+        table.add_column(col)
+    for p in pending:
+        table.add_row(p.case_id, p.action, p.target, p.args_sha256[:12], str(p.requested_at)[:19], p.reason[:60])
+    Console().print(table)
+
+
+@app.command()
+def demo(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
+         home: Path = typer.Option(Path(".siemcrew-demo"), help="Where the demo keeps its state.")) -> None:
+    """Investigate the bundled sample alerts offline (embedded store, playbook brains)."""
+    from siemcrew.config.settings import EXAMPLES_DIR
+
+    config = config or EXAMPLES_DIR / "demo.yaml"
+    rt = _runtime(config, home=str(home.resolve()))
+    summary = _run_with_progress(rt, as_json)
+    cases = [rt.cases.get(cid) for cid in summary.cases]
+    pending = rt.approvals.pending()
+
+    def human() -> None:
+        _cases_table(cases, "siemcrew demo")
+        if pending:
+            _pending_table(pending)
+            first = pending[0]
+            console.print(f"Approve with: siemcrew approve {first.case_id} {first.action} --by you --reason '...' "
+                          f"--config {config} (home {home})")
+    _emit({"summary": summary.as_dict(), "cases": [_case_row(c) for c in cases],
+           "pending": [p.model_dump(mode="json") for p in pending]}, as_json, human)
+    raise typer.Exit(EXIT_PARTIAL if summary.failed else EXIT_OK)
+
+
+def _run_with_progress(rt: Any, as_json: bool, limit: int = 100) -> Any:
+    from rich.progress import Progress
+
+    from siemcrew.crew.operations import LockBusy, run
+
+    try:
+        with Progress(console=console, transient=True, disable=as_json) as progress:
+            task = progress.add_task("investigating", total=None)
+            summary = run(rt, limit=limit, progress=lambda alert: progress.update(task, advance=1,
+                                                                                  description=f"{alert.rule_name[:40]}"))
+    except LockBusy as exc:
+        console.print(f"[yellow]{exc}[/yellow]")
+        raise typer.Exit(EXIT_LOCKED) from None
+    return summary
+
+
+@app.command()
+def run(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
+        limit: int = typer.Option(100, help="At most this many new alerts per run.")) -> None:
+    """Cron mode: fetch alerts since the checkpoint, investigate, write verdicts back, summarize."""
+    rt = _runtime(config)
+    summary = _run_with_progress(rt, as_json, limit)
+    _emit(summary.as_dict(), True if as_json else False, lambda: sys.stdout.write(json.dumps(summary.as_dict()) + "\n"))
+    raise typer.Exit(EXIT_PARTIAL if summary.failed else EXIT_OK)
+
+
+@app.command()
+def investigate(alert: str = typer.Option(..., "--alert", "-a", help="Alert JSON file, or - for stdin."),
+                config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Investigate one alert (or a JSON list of alerts) now."""
+    from pydantic import ValidationError
+
+    from siemcrew.crew.models import Alert
+    from siemcrew.crew.operations import investigate as investigate_alert
+
+    try:
+        text = sys.stdin.read() if alert == "-" else Path(alert).read_text(encoding="utf-8")
+        data = json.loads(text)
+        alerts = [Alert.model_validate(item) for item in (data if isinstance(data, list) else [data])]
+    except (OSError, ValueError, ValidationError) as exc:
+        console.print(f"[red]bad alert input:[/red] {str(exc)[:800]}")
+        raise typer.Exit(EXIT_ERROR) from None
+    rt = _runtime(config)
+    cases = [investigate_alert(rt, a) for a in alerts]
+    _emit([_case_row(c) for c in cases], as_json, lambda: _cases_table(cases))
+
+
+@cases_app.command("list")
+def cases_list(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
+               status: Optional[str] = typer.Option(None, help="Only cases in this status.")) -> None:
+    """List cases, newest alert first."""
+    from siemcrew.crew.casestore import CaseStore
+
+    settings = _settings(config)
+    cases = CaseStore(settings.home_path / "cases.db").list(status=status)
+    _emit([_case_row(c) for c in cases], as_json, lambda: _cases_table(cases))
+
+
+@cases_app.command("show")
+def cases_show(case_id: str, config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Show one case (the markdown report; --json for the full case)."""
+    case = _load_case(config, case_id)
+    from siemcrew.crew.report import render_markdown
+
+    _emit(case.model_dump(mode="json"), as_json, lambda: sys.stdout.write(render_markdown(case)))
+
+
+def _load_case(config: Optional[Path], case_id: str) -> Any:
+    from siemcrew.crew.casestore import CaseStore
+
+    settings = _settings(config)
+    try:
+        return CaseStore(settings.home_path / "cases.db").get(case_id)
+    except KeyError:
+        console.print(f"[red]no such case:[/red] {case_id}")
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+@app.command()
+def report(case_id: str, config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
+           fmt: str = typer.Option("md", "--format", "-f", help="md | json | html"),
+           out: Optional[Path] = typer.Option(None, help="Write to this file instead of stdout.")) -> None:
+    """Render a case report."""
+    from siemcrew.crew.report import RENDERERS
+
+    if as_json:
+        fmt = "json"
+    if fmt not in RENDERERS:
+        console.print(f"[red]unknown format {fmt!r}[/red]; use md, json or html")
+        raise typer.Exit(EXIT_USAGE)
+    text = RENDERERS[fmt](_load_case(config, case_id))
+    if out:
+        out.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def approvals(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """List actions awaiting a human decision."""
+    from siemcrew.crew.approvals import ApprovalStore
+
+    settings = _settings(config)
+    pending = ApprovalStore(settings.home_path / "approvals.db").pending()
+    _emit([p.model_dump(mode="json") for p in pending], as_json, lambda: _pending_table(pending))
+
+
+def _decide(decision: str, case_id: str, action: str, by: str, reason: str, target: Optional[str],
+            config: Optional[Path], as_json: bool) -> None:
+    from siemcrew.crew.approvals import ApprovalError
+    from siemcrew.crew.operations import decide
+
+    rt = _runtime(config)
+    try:
+        approval, case = decide(rt, case_id, action, decision, by=by, reason=reason, target=target)
+    except (ApprovalError, KeyError) as exc:
+        console.print(f"[red]{decision} refused:[/red] {exc}")
+        raise typer.Exit(EXIT_APPROVAL) from None
+    _emit({"approval": approval.model_dump(mode="json"), "case": _case_row(case)}, as_json,
+          lambda: _cases_table([case], f"{decision}d {action} {approval.target}"))
+
+
+@app.command()
+def approve(case_id: str, action: str, by: str = typer.Option(..., help="Who approves."),
+            reason: str = typer.Option(..., help="Why."), target: Optional[str] = typer.Option(None),
+            config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Approve a pending action; binds to its exact arguments; resumes the case when none is left."""
+    _decide("approve", case_id, action, by, reason, target, config, as_json)
+
+
+@app.command()
+def deny(case_id: str, action: str, by: str = typer.Option(..., help="Who denies."),
+         reason: str = typer.Option(..., help="Why."), target: Optional[str] = typer.Option(None),
+         config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Deny a pending action; the case resumes without it when no decision is left."""
+    _decide("deny", case_id, action, by, reason, target, config, as_json)
+
+
+@audit_app.command("verify")
+def audit_verify(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
+                 path: Optional[Path] = typer.Option(None, help="Audit log file (default: <home>/audit.jsonl).")) -> None:
+    """Prove the audit log intact; names the first bad record otherwise."""
+    from siemcrew.crew.audit import verify
+
+    target = path or _settings(config).home_path / "audit.jsonl"
+    result = verify(target)
+    _emit(result.model_dump(mode="json"), as_json, lambda: console.print(
+        f"[green]audit log intact[/green]: {result.records} record(s)" if result.ok
+        else f"[red]audit log FAILED[/red] at record {result.first_bad}: {result.reason}"))
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_AUDIT)
+
+
+@app.command()
+def doctor(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Check configuration, stores, connector health and offline switches."""
+    from siemcrew.crew.doctor import checks
+
+    settings = _settings(config)
+    results = checks(settings)
+    ok = all(r["ok"] for r in results)
+
+    def human() -> None:
+        table = Table(title="siemcrew doctor")
+        for col in ("check", "ok", "detail"):
+            table.add_column(col)
+        for r in results:
+            table.add_row(r["check"], "yes" if r["ok"] else "NO", r["detail"][:120])
+        Console().print(table)
+    _emit({"ok": ok, "checks": results}, as_json, human)
+    raise typer.Exit(EXIT_OK if ok else EXIT_ERROR)
+
+
+@app.command()
+def serve(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
+          host: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None)) -> None:
+    """Run the HTTP service (alert hand-offs from Splunk/Kibana, cases, approvals)."""
+    import uvicorn
+
+    from siemcrew.service import create_app
+
+    settings = _settings(config)
+    application = create_app(settings)
+    uvicorn.run(application, host=host or settings.serve.host, port=port or settings.serve.port,
+                log_level="warning" if as_json else "info")
+
+
+@app.command("eval")
+def evaluate(dataset: Path = typer.Option(..., "--dataset", help="Folder laid out like datasets/otrf."),
+             rules: Optional[Path] = typer.Option(None, help="Sigma rules folder (default DIR/../detection-content/sigma)."),
+             out: Optional[Path] = typer.Option(None, help="Write the markdown report here."),
+             config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
+             split: Optional[str] = typer.Option(None, help="Only alerts of this split (e.g. dev).")) -> None:
+    """Score the crew on labelled alerts over real recordings."""
+    from siemcrew.evaluation import EvalError, evaluate as run_eval, render_markdown
+
+    try:
+        result = run_eval(dataset, rules=rules, config=config, split=split, quiet=as_json)
+    except EvalError as exc:
+        console.print(f"[red]eval failed:[/red] {exc}")
+        raise typer.Exit(EXIT_ERROR) from None
+    if out:
+        out.write_text(render_markdown(result), encoding="utf-8")
+    metrics = {k: v for k, v in result.items() if k != "per_alert"}
+    _emit(result, as_json, lambda: Console().print_json(json.dumps(metrics, default=str)))
+
+
+@splunk_app.command("build")
+def splunk_app_build(out: Path = typer.Option(Path("dist"), help="Output folder."),
+                     config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Package the Splunk app (custom alert action) as a .tgz."""
+    from siemcrew.connectors.splunk.app_builder import build_app
+
+    path = build_app(out)
+    _emit({"package": str(path)}, as_json, lambda: console.print(f"built {path}"))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

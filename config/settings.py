@@ -1,0 +1,188 @@
+"""Settings: one YAML file plus `SIEMCREW_*` environment variables (pydantic-settings).
+
+Secrets are never values in this model: sections name the environment variable (or file) that
+holds them, and `secret()` reads it at the moment of use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+CONFIG_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = CONFIG_DIR.parent
+EXAMPLES_DIR = PACKAGE_DIR / "examples"
+
+
+class SettingsError(ValueError):
+    """The configuration is invalid; the message names the offending key or file."""
+
+
+def secret(env: str | None = None, file: str | Path | None = None) -> str | None:
+    """Read a secret from an env var or a file at the moment of use (never stored, never logged)."""
+    if env and os.environ.get(env):
+        return os.environ[env]
+    if file:
+        path = Path(file).expanduser()
+        if path.is_file():
+            return path.read_text(encoding="utf-8").strip()
+    return None
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LocalSource(Section):
+    """The embedded store: event files to load, and the local alert sources."""
+
+    events: list[str] = Field(default_factory=list)
+    db: str = ":memory:"
+    alerts: list[str] = Field(default_factory=list)
+    sigma_rules: list[str] = Field(default_factory=list)
+
+
+class LlmSettings(Section):
+    """A real model for some or all roles; absent means the deterministic playbook brains."""
+
+    model: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    roles: list[str] = Field(default_factory=lambda: ["triage", "hunter", "impact", "verifier", "responder"])
+    max_calls_per_case: int = 60
+    max_tokens_per_case: int = 200_000
+    temperature: float = 0.0
+
+
+class InvestigationSettings(Section):
+    max_extra_rounds: int = 2
+    window_before_minutes: int = 60
+    window_after_minutes: int = 60
+    sample_rows: int = 20
+    query_limit: int = 200
+    sigma_rules_dir: str | None = None
+
+
+class ServeSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = 8787
+    token_env: str = "SIEMCREW_SERVE_TOKEN"
+    webhook_secret_env: str = "SIEMCREW_WEBHOOK_SECRET"
+    workers: int = 1
+
+
+class Settings(BaseSettings):
+    """Everything siemcrew reads; `Settings.load(path)` is the only constructor callers use."""
+
+    model_config = SettingsConfigDict(env_prefix="SIEMCREW_", env_nested_delimiter="__", extra="forbid")
+
+    home: str = ".siemcrew"
+    source: Literal["local", "splunk", "elastic"] = "local"
+    local: LocalSource = Field(default_factory=LocalSource)
+    splunk: dict[str, Any] | None = None
+    elastic: dict[str, Any] | None = None
+    edr: dict[str, Any] | None = None
+    llm: LlmSettings | None = None
+    investigation: InvestigationSettings = Field(default_factory=InvestigationSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+    executor: Literal["dry-run", "edr"] = "dry-run"
+    approval_ttl_seconds: int = 24 * 3600
+    agents_file: str | None = None
+    tasks_file: str | None = None
+    evidence_file: str | None = None
+    policy_file: str | None = None
+    assets_file: str | None = None
+    config_path: str | None = None
+
+    @model_validator(mode="after")
+    def _source_configured(self) -> "Settings":
+        if self.source in ("splunk", "elastic") and getattr(self, self.source) is None:
+            raise SettingsError(f"source is {self.source!r} but the config has no '{self.source}:' section")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment variables override the YAML file (passed as init kwargs).
+        return (env_settings, init_settings)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> "Settings":
+        data: dict[str, Any] = {}
+        base = Path.cwd()
+        if path is None and os.environ.get("SIEMCREW_CONFIG"):
+            path = os.environ["SIEMCREW_CONFIG"]
+        if path is not None:
+            file = Path(path).expanduser()
+            if not file.is_file():
+                raise SettingsError(f"config file not found: {file}")
+            try:
+                loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError as exc:
+                raise SettingsError(f"{file}: not valid YAML: {exc}") from None
+            if not isinstance(loaded, dict):
+                raise SettingsError(f"{file}: the top level must be a mapping")
+            data = loaded
+            base = file.resolve().parent
+            data["config_path"] = str(file.resolve())
+        data.update(overrides)
+        try:
+            settings = cls(**data)
+        except SettingsError:
+            raise
+        except ValueError as exc:
+            raise SettingsError(f"invalid configuration: {exc}") from None
+        settings._resolve_paths(base)
+        return settings
+
+    def _resolve_paths(self, base: Path) -> None:
+        """Relative paths in the file are relative to the file, as in most tools' configs."""
+
+        def fix(value: str | None) -> str | None:
+            if value is None or value == ":memory:":
+                return value
+            path = Path(value).expanduser()
+            return str(path if path.is_absolute() else (base / path).resolve())
+
+        self.home = fix(self.home) or self.home
+        self.local.events = [fix(v) or v for v in self.local.events]
+        self.local.alerts = [fix(v) or v for v in self.local.alerts]
+        self.local.sigma_rules = [fix(v) or v for v in self.local.sigma_rules]
+        self.local.db = fix(self.local.db) or self.local.db
+        for name in ("agents_file", "tasks_file", "evidence_file", "policy_file", "assets_file"):
+            setattr(self, name, fix(getattr(self, name)))
+        self.investigation.sigma_rules_dir = fix(self.investigation.sigma_rules_dir)
+
+    # -- derived locations -------------------------------------------------------------------
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home)
+
+    def config_file(self, name: str) -> Path:
+        """A config YAML: the override named in settings, else the packaged default."""
+        override = getattr(self, f"{name}_file", None)
+        return Path(override) if override else CONFIG_DIR / f"{name}.yaml"
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as shown to people: env var names only, so nothing secret is in it."""
+        return self.model_dump(mode="json")
+
+
+def load_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML: {exc}") from None

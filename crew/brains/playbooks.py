@@ -1,0 +1,251 @@
+"""What each role's playbook investigates next, and what it concludes, from the case's evidence.
+
+A plan is a list of (tool name, arguments). The brain re-plans on every call, so later steps can
+depend on what earlier tool calls recorded (e.g. the lineage of a process found by alert_events).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from siemcrew.crew.context import InvestigationContext
+from siemcrew.crew.indicators import IndicatorSet, short_host
+from siemcrew.crew.models import (
+    ActionProposal, HuntResult, ImpactAssessment, ResponsePlan, TriageResult, VerificationReport,
+)
+from siemcrew.crew.reasoning import Reasoner
+from siemcrew.crew.timeutil import iso
+
+Call = tuple[str, dict[str, Any]]
+PROCESS_EVENT_CODES = {"1", "4688", "10", "3", "11", "13", "12", "7"}
+
+
+def _done(ctx: InvestigationContext, kind: str, entity: str | None) -> bool:
+    return any(
+        e.kind == kind and e.status != "error" and (entity is None or (e.entity or "").lower() == entity.lower()
+                                                     or short_host(e.entity) == short_host(entity))
+        for e in ctx.case.evidence
+    )
+
+
+def _process_target(ctx: InvestigationContext) -> dict[str, Any] | None:
+    """The process to trace: the alert's own, else the most suspicious alert event's."""
+    proc = ctx.alert.process
+    if proc and (proc.entity_id or proc.pid is not None or proc.executable):
+        return {"entity_id": proc.entity_id, "pid": proc.pid, "executable": proc.executable,
+                "command_line": proc.command_line, "at": iso(ctx.alert.timestamp)}
+    rows = [row for e in ctx.evidence("alert_events") for row in e.sample]
+    ind = IndicatorSet.load()
+    rows = [r for r in rows if r.get("process.executable") or r.get("process.pid") not in (None, "")]
+    if not rows:
+        return None
+    # Prefer events that describe the process itself (start, access, network) over script-engine logs.
+    row = max(rows, key=lambda r: (ind.malice(r) > 0, bool(r.get("process.executable")),
+                                   str(r.get("event.code")) in PROCESS_EVENT_CODES, ind.malice(r)))
+    return {"entity_id": row.get("process.entity_id"), "pid": row.get("process.pid"),
+            "executable": row.get("process.executable"), "command_line": row.get("process.command_line"),
+            "at": row.get("@timestamp")}
+
+
+def entity_pivots(ctx: InvestigationContext) -> list[Call]:
+    """One query per alert entity, so that every entity is pivoted on."""
+    alert = ctx.alert
+    calls: list[Call] = []
+    for user in alert.entities.users:
+        if not _done(ctx, "logon_activity", user):
+            calls.append(("logon_activity", {"user": user}))
+    for ip in alert.entities.ips:
+        if not _done(ctx, "logon_activity", ip):
+            calls.append(("logon_activity", {"ip": ip}))
+    for exe in alert.entities.processes:
+        if not _done(ctx, "prevalence", exe):
+            calls.append(("prevalence", {"field": "process.executable", "value": exe}))
+    for digest in alert.entities.hashes:
+        if not _done(ctx, "prevalence", digest):
+            calls.append(("prevalence", {"field": "process.hash.sha256", "value": digest}))
+    return calls
+
+
+def triage_plan(ctx: InvestigationContext) -> list[Call]:
+    alert = ctx.alert
+    host = alert.primary_host
+    if not _done(ctx, "alert_events", None):
+        return [("alert_events", {"alert_id": alert.id})]
+    calls: list[Call] = []
+    target = _process_target(ctx)
+    if host and target and not _done(ctx, "process_lineage", None):
+        calls.append(("process_lineage", {"host": host, "entity_id": target["entity_id"], "pid": target["pid"],
+                                          "executable": target["executable"], "at": target["at"]}))
+    if host and not _done(ctx, "host_activity", host):
+        calls.append(("host_activity", {"host": host}))
+    if target and target.get("command_line") and not _done(ctx, "prevalence", target["command_line"]):
+        calls.append(("prevalence", {"field": "process.command_line", "value": target["command_line"]}))
+    if target and target.get("executable") and not _done(ctx, "prevalence", target["executable"]):
+        calls.append(("prevalence", {"field": "process.executable", "value": target["executable"]}))
+    calls += entity_pivots(ctx)
+    if host and not _done(ctx, "asset_context", host):
+        calls.append(("asset_context", {"host": host}))
+    return calls
+
+
+def hunt_plan(ctx: InvestigationContext) -> list[Call]:
+    alert = ctx.alert
+    host = alert.primary_host
+    calls: list[Call] = []
+    if host:
+        for tool in ("logon_activity", "network_connections", "persistence_check", "host_activity"):
+            if not _done(ctx, tool, host):
+                calls.append((tool, {"host": host}))
+    if alert.techniques and ctx.runtime.has_sigma and not _done(ctx, "sigma", None):
+        calls.append(("sigma_hunt", {"techniques": alert.techniques, "host": host}))
+    calls += entity_pivots(ctx)
+    for hint in ctx.gaps:
+        calls += _gap_calls(ctx, hint)
+    return _unique(calls)
+
+
+def _gap_calls(ctx: InvestigationContext, hint: str) -> list[Call]:
+    """Turn a verifier gap hint into the queries that close it."""
+    host = ctx.alert.primary_host
+    kind, _, value = hint.partition(":")
+    if kind == "host" and value:
+        calls: list[Call] = []
+        for tool in ("host_activity", "persistence_check", "logon_activity"):
+            if not _done(ctx, tool, value):
+                calls.append((tool, {"host": value}))
+        return calls
+    if kind == "ip" and value:
+        return [("logon_activity", {"ip": value})]
+    if kind == "user" and value:
+        return [("logon_activity", {"user": value})]
+    if kind == "process" and value:
+        return [("prevalence", {"field": "process.executable", "value": value})]
+    if kind == "hash" and value:
+        return [("prevalence", {"field": "process.hash.sha256", "value": value})]
+    if kind == "retry":
+        tool, _, entity = value.partition(":")
+        return _kind_calls(ctx, tool, entity or host)
+    return _kind_calls(ctx, hint, host)
+
+
+def _kind_calls(ctx: InvestigationContext, kind: str, entity: str | None) -> list[Call]:
+    host = entity or ctx.alert.primary_host
+    if kind in ("host_activity", "persistence_check", "network_connections", "logon_activity") and host:
+        return [(kind, {"host": host})]
+    if kind == "alert_events":
+        return [("alert_events", {"alert_id": ctx.alert.id})]
+    if kind == "process_lineage":
+        target = _process_target(ctx)
+        if target and host:
+            return [("process_lineage", {"host": host, "entity_id": target["entity_id"], "pid": target["pid"],
+                                         "executable": target["executable"], "at": target["at"]})]
+    if kind == "prevalence":
+        target = _process_target(ctx)
+        if target and target.get("command_line"):
+            return [("prevalence", {"field": "process.command_line", "value": target["command_line"]})]
+    if kind == "sigma" and ctx.alert.techniques:
+        return [("sigma_hunt", {"techniques": ctx.alert.techniques, "host": host})]
+    return []
+
+
+def _unique(calls: list[Call]) -> list[Call]:
+    seen, out = set(), []
+    for name, args in calls:
+        key = (name, tuple(sorted((k, str(v)) for k, v in args.items())))
+        if key not in seen:
+            seen.add(key)
+            out.append((name, args))
+    return out
+
+
+def impact_plan(ctx: InvestigationContext) -> list[Call]:
+    assessment = Reasoner(ctx.case, ctx.runtime.inventory).assess()
+    calls: list[Call] = []
+    for host in assessment.affected_hosts:
+        if not _done(ctx, "asset_context", host):
+            calls.append(("asset_context", {"host": host}))
+    for user in assessment.affected_users:
+        if not _done(ctx, "asset_context", user):
+            calls.append(("asset_context", {"user": user}))
+    return calls
+
+
+# -- conclusions ----------------------------------------------------------------------------------
+def conclude_triage(ctx: InvestigationContext) -> TriageResult:
+    a = Reasoner(ctx.case, ctx.runtime.inventory).assess()
+    pivots = [f"host:{h}" for h in a.candidate_hosts] + [f"ip:{i}" for i in a.candidate_ips]
+    return TriageResult(verdict=a.verdict, confidence=a.confidence, summary=a.summary, findings=a.findings, pivots=pivots)
+
+
+def conclude_hunt(ctx: InvestigationContext) -> HuntResult:
+    a = Reasoner(ctx.case, ctx.runtime.inventory).assess()
+    pivoted = sorted({f"{e.entity_type}:{e.entity}" for e in ctx.case.evidence if e.entity and e.language != "lookup"})
+    return HuntResult(summary=a.summary, findings=a.findings, affected_hosts=a.affected_hosts,
+                      affected_users=a.affected_users, pivoted=pivoted)
+
+
+def conclude_impact(ctx: InvestigationContext) -> ImpactAssessment:
+    a = Reasoner(ctx.case, ctx.runtime.inventory).assess()
+    inventory = ctx.runtime.inventory
+    critical = []
+    for host in a.affected_hosts:
+        info = inventory.host(host)
+        if getattr(info, "criticality", "") in ("high", "critical") or getattr(info, "tier", "") == "tier0":
+            critical.append(host)
+    severity = "low"
+    if a.verdict == "malicious":
+        severity = "critical" if critical else "high"
+    elif a.verdict == "suspicious":
+        severity = "medium"
+    return ImpactAssessment(verdict=a.verdict, confidence=a.confidence, severity=severity, summary=a.summary,
+                            affected_hosts=a.affected_hosts, affected_users=a.affected_users,
+                            critical_assets=critical, findings=a.findings)
+
+
+def conclude_verify(ctx: InvestigationContext) -> VerificationReport:
+    report = ctx.case.verification
+    assert report is not None, "the deterministic verification runs before the verifier agent"
+    return report
+
+
+def conclude_respond(ctx: InvestigationContext) -> ResponsePlan:
+    case = ctx.case
+    a = Reasoner(case, ctx.runtime.inventory).assess()
+    cite = [f.evidence_ids[0] for f in case.findings if f.kind in ("malicious", "suspicious") and f.evidence_ids][:5]
+    proposals: list[ActionProposal] = []
+    if case.verdict == "benign":
+        cite = [f.evidence_ids[0] for f in case.findings if f.kind == "benign" and f.evidence_ids][:5]
+        proposals.append(ActionProposal(action="close_alert", target=case.alert.id,
+                                        args={"verdict": "benign", "reason": case.summary[:300]},
+                                        reason="benign with evidence", evidence_ids=cite))
+        return ResponsePlan(summary="close as benign", proposals=proposals)
+    if case.verdict == "malicious" and case.confidence == "high":
+        for host in case.affected_hosts:
+            proposals.append(ActionProposal(action="isolate_host", target=host, args={"host": host},
+                                            reason="host shows confirmed malicious activity", evidence_ids=cite))
+        for proc in a.malicious_processes[:3]:
+            if short_host(proc["host"]) in {short_host(h) for h in case.affected_hosts}:
+                proposals.append(ActionProposal(
+                    action="kill_process", target=f"{proc['host']}:{proc['pid']}",
+                    args={"host": proc["host"], "pid": int(proc["pid"]), "executable": proc["executable"]},
+                    reason="malicious process", evidence_ids=cite))
+        for ip in a.rare_external_ips[:5]:
+            proposals.append(ActionProposal(action="block_indicator", target=ip, args={"type": "ip", "value": ip},
+                                            reason="rare external destination contacted by the malicious process tree",
+                                            evidence_ids=cite))
+        for user in case.affected_users:
+            proposals.append(ActionProposal(action="disable_user", target=user, args={"user": user},
+                                            reason="account used in the attack", evidence_ids=cite))
+    proposals.append(ActionProposal(action="update_alert", target=case.alert.id,
+                                    args={"status": "escalated", "verdict": case.verdict},
+                                    reason="write the verdict back to the SIEM", evidence_ids=cite))
+    proposals.append(ActionProposal(action="escalate", target=case.id, args={"severity": case.impact.severity if case.impact else "medium"},
+                                    reason="a human must review this case", evidence_ids=cite))
+    return ResponsePlan(summary=f"respond to {case.verdict} case", proposals=proposals)
+
+
+PLANS = {"triage": triage_plan, "hunter": hunt_plan, "impact": impact_plan}
+CONCLUSIONS = {
+    "triage": conclude_triage, "hunter": conclude_hunt, "impact": conclude_impact,
+    "verifier": conclude_verify, "responder": conclude_respond,
+}

@@ -1,0 +1,136 @@
+"""The persistent case store: alerts are deduplicated by id and duplicates of an open detection
+are grouped into its case. SQLite, safe across processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterator
+
+from siemcrew.crew.indicators import short_host
+from siemcrew.crew.models import Alert, Case
+from siemcrew.crew.timeutil import iso
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cases (
+  id TEXT PRIMARY KEY, status TEXT NOT NULL, verdict TEXT NOT NULL, host TEXT, rule TEXT,
+  alert_time TEXT, flow_id TEXT, updated TEXT NOT NULL, body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts (
+  alert_id TEXT PRIMARY KEY, case_id TEXT NOT NULL, received TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS intake_keys (
+  key TEXT PRIMARY KEY, case_ids TEXT NOT NULL, received TEXT NOT NULL
+);
+"""
+GROUP_WINDOW = timedelta(hours=1)
+OPEN = ("new", "investigating", "awaiting_approval")
+
+
+def case_id_for(alert: Alert) -> str:
+    return "case-" + hashlib.sha256(f"{alert.source}:{alert.id}".encode()).hexdigest()[:12]
+
+
+class CaseStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db.executescript(SCHEMA)
+        finally:
+            db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            try:
+                db.execute("PRAGMA busy_timeout=30000")
+                db.execute("BEGIN IMMEDIATE")
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            finally:
+                db.close()
+
+    def admit(self, alert: Alert) -> tuple[Case, bool]:
+        """Return (case, is_new). A known alert id returns its case; a duplicate detection of an
+        open case on the same host joins that case; anything else opens a new case."""
+        with self._tx() as db:
+            row = db.execute("SELECT case_id FROM alerts WHERE alert_id = ?", (f"{alert.source}:{alert.id}",)).fetchone()
+            if row:
+                return self._load(db, row[0]), False
+            host = short_host(alert.primary_host)
+            rule = alert.rule_id or alert.rule_name
+            start, end = iso(alert.timestamp - GROUP_WINDOW), iso(alert.timestamp + GROUP_WINDOW)
+            row = db.execute(
+                f"SELECT id FROM cases WHERE host = ? AND rule = ? AND alert_time BETWEEN ? AND ? "
+                f"AND status IN ({','.join('?' * len(OPEN))}) ORDER BY alert_time LIMIT 1",
+                (host, rule, start, end, *OPEN),
+            ).fetchone()
+            if row:
+                case = self._load(db, row[0])
+                case.alerts.append(alert)
+                case.note("intake", "alert_grouped", alert.id)
+                self._save(db, case)
+                db.execute("INSERT INTO alerts VALUES (?, ?, ?)", (f"{alert.source}:{alert.id}", case.id, iso(alert.timestamp)))
+                return case, False
+            case = Case(id=case_id_for(alert), alerts=[alert])
+            case.note("intake", "case_opened", f"{alert.rule_name} on {host or '-'}")
+            self._save(db, case)
+            db.execute("INSERT INTO alerts VALUES (?, ?, ?)", (f"{alert.source}:{alert.id}", case.id, iso(alert.timestamp)))
+            return case, True
+
+    def known(self, alert: Alert) -> bool:
+        with self._tx() as db:
+            return db.execute("SELECT 1 FROM alerts WHERE alert_id = ?", (f"{alert.source}:{alert.id}",)).fetchone() is not None
+
+    def remember_intake(self, key: str, case_ids: list[str]) -> list[str] | None:
+        """Idempotent intake (e.g. a Splunk sid): returns the earlier case ids if the key was seen."""
+        with self._tx() as db:
+            row = db.execute("SELECT case_ids FROM intake_keys WHERE key = ?", (key,)).fetchone()
+            if row:
+                return [c for c in row[0].split(",") if c]
+            db.execute("INSERT INTO intake_keys VALUES (?, ?, datetime('now'))", (key, ",".join(case_ids)))
+            return None
+
+    def save(self, case: Case) -> None:
+        with self._tx() as db:
+            self._save(db, case)
+
+    def _save(self, db: sqlite3.Connection, case: Case) -> None:
+        db.execute(
+            "INSERT INTO cases (id, status, verdict, host, rule, alert_time, flow_id, updated, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status=excluded.status, "
+            "verdict=excluded.verdict, flow_id=excluded.flow_id, updated=excluded.updated, body=excluded.body",
+            (case.id, case.status, case.verdict, short_host(case.alert.primary_host),
+             case.alert.rule_id or case.alert.rule_name, iso(case.alert.timestamp), case.flow_id,
+             iso(case.updated_at), case.model_dump_json()),
+        )
+
+    def _load(self, db: sqlite3.Connection, case_id: str) -> Case:
+        row = db.execute("SELECT body FROM cases WHERE id = ?", (case_id,)).fetchone()
+        if not row:
+            raise KeyError(case_id)
+        return Case.model_validate_json(row[0])
+
+    def get(self, case_id: str) -> Case:
+        with self._tx() as db:
+            return self._load(db, case_id)
+
+    def list(self, status: str | None = None, limit: int = 200) -> list[Case]:
+        with self._tx() as db:
+            if status:
+                rows = db.execute("SELECT body FROM cases WHERE status = ? ORDER BY alert_time DESC LIMIT ?", (status, limit))
+            else:
+                rows = db.execute("SELECT body FROM cases ORDER BY alert_time DESC LIMIT ?", (limit,))
+            return [Case.model_validate_json(r[0]) for r in rows.fetchall()]

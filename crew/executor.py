@@ -1,0 +1,75 @@
+"""Executes policy-cleared actions, at most once per (case, action, target), across crashes.
+
+SIEM write-backs (update_alert, close_alert, escalate) go through the SIEM connector. Endpoint
+actions go to an EDR connector when one is configured and covers the host; otherwise the dry-run
+executor records exactly what would have been done.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from siemcrew.connectors.base import AlertUpdate, ConnectorError
+from siemcrew.crew.models import ActionProposal, ActionResult, Approval, Case
+
+SIEM_ACTIONS = {"update_alert", "close_alert", "escalate", "add_case_comment"}
+ENDPOINT_ACTIONS = {"isolate_host": "contain", "release_host": "release", "kill_process": "kill_process"}
+
+
+class ActionExecutor:
+    def __init__(self, runtime: Any) -> None:
+        self.rt = runtime
+
+    def execute(self, case: Case, proposal: ActionProposal, approval: Approval | None) -> ActionResult:
+        ledger = self.rt.ledger
+        key = proposal.key(case.id)
+        claim = ledger.claim(key, proposal.action, proposal.target, proposal.args_sha256)
+        if not claim.acquired:
+            # Executed (or started) before, by this or another process: never a second time.
+            return ActionResult(key=key, action=proposal.action, target=proposal.target,
+                                state=_result_state(claim.state), executor="ledger",
+                                detail=f"already {claim.state}: {claim.detail}"[:500], ticket=claim.ticket)
+        who = approval.by if approval else "policy:auto"
+        comment = f"siemcrew case {case.id} action {proposal.action} approved by {who}"
+        self.rt.audit.append("action_start", who, {"key": key, "action": proposal.action, "target": proposal.target,
+                                                  "args_sha256": proposal.args_sha256}, case_id=case.id)
+        try:
+            state, executor, detail, ticket = self._dispatch(case, proposal, comment)
+        except ConnectorError as exc:
+            state, executor, detail, ticket = "failed", "connector", str(exc)[:500], None
+        ledger.update(key, state, detail, ticket=ticket)
+        result = ActionResult(key=key, action=proposal.action, target=proposal.target, state=state,
+                              executor=executor, detail=detail, ticket=ticket)
+        self.rt.audit.append("action", who, result.model_dump(mode="json"), case_id=case.id)
+        return result
+
+    def _dispatch(self, case: Case, proposal: ActionProposal, comment: str) -> tuple[Any, str, str, str | None]:
+        action = proposal.action
+        if action in SIEM_ACTIONS:
+            return self._siem(case, proposal, comment)
+        if action in ENDPOINT_ACTIONS and self.rt.settings.executor == "edr":
+            edr_action: Callable[..., Any] | None = self.rt.edr_executor(proposal, comment, case)
+            if edr_action is not None:
+                return edr_action()
+        return "dry_run", "dry-run", f"would {action} {proposal.target} with {proposal.args} ({comment})", None
+
+    def _siem(self, case: Case, proposal: ActionProposal, comment: str) -> tuple[Any, str, str, str | None]:
+        siem = self.rt.siem
+        alert = next((a for a in case.alerts if a.id == proposal.target), case.alert)
+        if proposal.action == "close_alert":
+            status = "closed"
+        elif proposal.action == "escalate":
+            status = "escalated"
+        else:
+            status = str(proposal.args.get("status", "in_progress"))
+        update = AlertUpdate(status=status if status in ("in_progress", "acknowledged", "closed", "escalated") else "escalated",
+                             verdict=case.verdict, comment=f"{comment}: {case.verdict} ({case.confidence}). {case.summary}"[:4000],
+                             summary=case.summary[:4000], report_link=self.rt.report_link(case))
+        for item in case.alerts if proposal.action != "update_alert" else [alert]:
+            siem.update_alert(item, update)
+        return "done", siem.name, f"{proposal.action}: alert(s) set to {update.status}", None
+
+
+def _result_state(ledger_state: str) -> Any:
+    return {"claimed": "pending", "pending": "pending", "done": "done", "failed": "failed",
+            "timed_out": "timed_out", "dry_run": "dry_run", "skipped": "skipped"}.get(ledger_state, "pending")

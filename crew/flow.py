@@ -1,0 +1,197 @@
+"""InvestigationFlow: the persisted crewAI Flow that carries one case from triage to report.
+
+triage ─ benign with evidence → close
+   └─ hunt → impact → verify ─ complete → respond ─ gate ─ approval needed → await (paused,
+                              │                        │     persisted; resumed by approve/deny
+                              │                        │     in any process) → act
+                              │                        └─ otherwise → act
+                              ├─ incomplete, rounds left → hunt again (told the gaps)
+                              └─ incomplete, no rounds left → escalate (no disruptive proposals)
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import siemcrew.crew.offline as offline
+from crewai.flow import human_feedback
+from crewai.flow.async_feedback.types import HumanFeedbackPending
+from crewai.flow.flow import Flow, FlowState, listen, or_, router, start
+from crewai.flow.persistence import persist
+from pydantic import PrivateAttr
+
+from siemcrew.crew.context import InvestigationContext
+from siemcrew.crew.indicators import short_host
+from siemcrew.crew.models import ActionProposal, Case
+from siemcrew.crew.timeutil import iso
+from siemcrew.crew.verifier import tighten, verify
+
+offline.quiet()
+
+
+class CaseState(FlowState):
+    case: Case | None = None
+
+
+class ApprovalProvider:
+    """Pauses the flow: the decision arrives later, from `siemcrew approve|deny` or HTTP."""
+
+    def request_feedback(self, context: Any, flow: Any) -> Any:
+        raise HumanFeedbackPending(context=context, callback_info={"case_id": flow.state.case.id})
+
+
+@persist()
+class InvestigationFlow(Flow[CaseState]):
+    _runtime: Any = PrivateAttr(default=None)
+
+    # -- helpers -----------------------------------------------------------------------------
+    @property
+    def case(self) -> Case:
+        assert self.state.case is not None
+        return self.state.case
+
+    def _ctx(self, agent: str) -> InvestigationContext:
+        gaps = [g.hint or g.check for g in (self.case.verification.gaps if self.case.verification else [])]
+        return InvestigationContext(case=self.case, runtime=self._runtime, agent=agent, gaps=gaps)
+
+    def _inputs(self) -> dict[str, Any]:
+        case, alert = self.case, self.case.alert
+        report = case.verification
+        return {
+            "case_id": case.id, "alert_id": alert.id, "rule_name": alert.rule_name, "severity": alert.severity,
+            "host": alert.primary_host or "-", "alert_time": iso(alert.timestamp),
+            "techniques": ", ".join(alert.techniques) or "-", "entities": json.dumps(alert.entities.model_dump()),
+            "round": case.round, "gaps": "; ".join(g.detail for g in report.gaps) if report else "none",
+            "verification": report.model_dump_json() if report else "{}", "verdict": case.verdict,
+            "confidence": case.confidence, "affected_hosts": ", ".join(case.affected_hosts) or "-",
+            "affected_users": ", ".join(case.affected_users) or "-",
+        }
+
+    def _run(self, role: str) -> Any:
+        rt = self._runtime
+        ctx = self._ctx(role)
+        brain = rt.brain(role, ctx)
+        ctx.audit("stage", {"stage": role, "round": self.case.round, "brain": type(brain).__name__})
+        output = rt.crews.run(role, ctx, brain, self._inputs())
+        findings = getattr(output, "findings", None)
+        if findings is not None:
+            output.findings = ctx.accept_findings(list(findings), role)
+        return output
+
+    def _save(self, event: str, detail: str = "") -> None:
+        self.case.note("flow", event, detail)
+        self._runtime.cases.save(self.case)
+
+    def _check(self) -> Any:
+        rt = self._runtime
+        report = verify(self.case, rt.requirements, rt.inventory)
+        self.case.verifications.append(report)
+        rt.audit.append("verifier", "verifier", report.model_dump(mode="json"), case_id=self.case.id)
+        return report
+
+    # -- steps -------------------------------------------------------------------------------
+    @start()
+    def triage(self) -> str:
+        case = self.case
+        case.flow_id = self.state.id
+        case.status = "investigating"
+        out = self._run("triage")
+        case.triage = out
+        case.verdict, case.confidence, case.summary = out.verdict, out.confidence, out.summary
+        case.affected_hosts = [short_host(h) for h in case.alert.entities.hosts[:1]]
+        self._save("triaged", f"{out.verdict} ({out.confidence})")
+        return out.verdict
+
+    @router(triage)
+    def after_triage(self) -> str:
+        if self.case.verdict == "benign":
+            report = self._check()
+            if report.status == "complete":
+                return "close_case"
+        return "start_hunt"
+
+    @listen(or_("start_hunt", "hunt_again"))
+    def hunt(self) -> None:
+        out = self._run("hunter")
+        self.case.hunts.append(out)
+        self._save("hunted", f"round {self.case.round}: {len(out.findings)} finding(s)")
+
+    @listen(hunt)
+    def impact(self) -> None:
+        out = self._run("impact")
+        case = self.case
+        case.impact = out
+        case.verdict, case.confidence, case.summary = out.verdict, out.confidence, out.summary
+        case.affected_hosts = [short_host(h) for h in out.affected_hosts]
+        case.affected_users = list(out.affected_users)
+        self._save("assessed", f"{out.verdict} ({out.confidence}), hosts {case.affected_hosts}")
+
+    @listen(impact)
+    def verify_evidence(self) -> None:
+        report = self._check()
+        out = self._run("verifier")
+        extra = [c for c in getattr(out, "concerns", [])]
+        if getattr(out, "status", "complete") == "incomplete" and report.status == "complete":
+            extra.append("the verifier agent judged the evidence incomplete")
+            report.status = "incomplete"
+        tighten(report, extra)
+        self._save("verified", f"{report.status}: {len(report.gaps)} gap(s)")
+
+    @router(verify_evidence)
+    def after_verify(self) -> str:
+        report = self.case.verification
+        if report and report.status == "complete":
+            return "close_case" if self.case.verdict == "benign" else "respond_case"
+        if self.case.round < self._runtime.settings.investigation.max_extra_rounds:
+            self.case.round += 1
+            return "hunt_again"
+        return "escalate_case"
+
+    @listen("close_case")
+    def close(self) -> None:
+        case = self.case
+        cite = [i for f in case.findings if f.kind == "benign" for i in f.evidence_ids][:5]
+        case.proposals = [ActionProposal(action="close_alert", target=case.alert.id,
+                                         args={"verdict": "benign", "reason": case.summary[:300]},
+                                         reason="benign with evidence", evidence_ids=cite, proposed_by="flow")]
+
+    @listen("escalate_case")
+    def escalate(self) -> None:
+        case = self.case
+        gaps = "; ".join(g.detail for g in case.verification.gaps) if case.verification else ""
+        case.summary = f"{case.summary} | evidence incomplete after {case.round + 1} round(s): {gaps}"[:2000]
+        case.proposals = [
+            ActionProposal(action="update_alert", target=case.alert.id, args={"status": "escalated", "verdict": case.verdict},
+                           reason="evidence incomplete; a human must decide", proposed_by="flow"),
+            ActionProposal(action="escalate", target=case.id, args={"severity": "medium"},
+                           reason="evidence incomplete after the bounded hunt", proposed_by="flow"),
+        ]
+
+    @listen("respond_case")
+    def respond(self) -> None:
+        out = self._run("responder")
+        self.case.proposals = list(out.proposals)
+
+    @router(or_(close, escalate, respond))
+    def gate(self) -> str:
+        pending = self._runtime.gate(self.case)
+        self._save("gated", f"{len(self.case.proposals)} proposal(s), {pending} awaiting approval")
+        return "need_approval" if pending else "execute"
+
+    @listen("need_approval")
+    @human_feedback(message="siemcrew: approval required", provider=ApprovalProvider())
+    def await_approval(self) -> dict[str, Any]:
+        self.case.status = "awaiting_approval"
+        self._save("awaiting_approval", ", ".join(f"{p.action}:{p.target}" for p in self.case.proposals))
+        return {"case_id": self.case.id}
+
+    @router(await_approval)
+    def after_approval(self) -> str:
+        return "execute"
+
+    @listen("execute")
+    def act(self) -> str:
+        self._runtime.act(self.case)
+        self._save("done", f"{self.case.status}: {self.case.verdict}")
+        return self.case.status

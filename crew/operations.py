@@ -1,0 +1,194 @@
+"""The operations the CLI and the HTTP service share: investigate, resume, decide, run (cron).
+
+Each is idempotent: an alert id seen before returns its case; a case already finished is not
+investigated again; a paused case waits for its decisions; a crashed case is resumed from its
+last persisted step, and the action ledger makes sure nothing is executed twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from contextlib import contextmanager
+
+from siemcrew.crew.approvals import ApprovalError
+from siemcrew.crew.models import Alert, Approval, Case
+from siemcrew.crew.runtime import Runtime
+
+FINISHED = ("closed", "escalated", "failed")
+
+
+class LockBusy(RuntimeError):
+    """Another `siemcrew run` holds the lock."""
+
+
+@dataclass
+class RunSummary:
+    fetched: int = 0
+    investigated: int = 0
+    skipped_known: int = 0
+    failed: int = 0
+    awaiting_approval: int = 0
+    verdicts: dict[str, int] = field(default_factory=dict)
+    cases: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    checkpoint: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _flow(rt: Runtime) -> Any:
+    from siemcrew.crew.flow import InvestigationFlow
+
+    return InvestigationFlow
+
+
+def investigate(rt: Runtime, alert: Alert) -> Case:
+    """Admit the alert (dedupe/group) and run or resume its case's flow to its next stop."""
+    case, is_new = rt.cases.admit(alert)
+    rt.audit.append("intake", "intake", {"alert": alert.id, "source": alert.source, "case": case.id,
+                                          "new": is_new}, case_id=case.id)
+    if case.status in FINISHED or case.status == "awaiting_approval":
+        return case
+    return run_case(rt, case)
+
+
+def run_case(rt: Runtime, case: Case) -> Case:
+    from crewai.flow.async_feedback.types import HumanFeedbackPending
+
+    flow_cls = _flow(rt)
+    flow = flow_cls(persistence=rt.flow_persistence)
+    flow._runtime = rt
+    try:
+        if case.flow_id:
+            # A crash left this case mid-flow: restore the last snapshot and run again from the start;
+            # evidence is content-addressed and actions go through the ledger, so nothing repeats.
+            rt.audit.append("resume_after_crash", "system", {"flow": case.flow_id}, case_id=case.id)
+            result = flow.kickoff(inputs={"id": case.flow_id})
+        else:
+            result = flow.kickoff(inputs={"case": case.model_dump(mode="json")})
+    except Exception as exc:
+        case = flow.state.case or case
+        case.status = "failed"
+        case.note("flow", "failed", f"{type(exc).__name__}: {exc}"[:1000])
+        rt.cases.save(case)
+        rt.audit.append("case_failed", "system", {"error": f"{type(exc).__name__}: {exc}"[:1000]}, case_id=case.id)
+        raise
+    final = flow.state.case
+    if isinstance(result, HumanFeedbackPending):
+        final.status = "awaiting_approval"
+    rt.cases.save(final)
+    return final
+
+
+def decide(rt: Runtime, case_id: str, action: str, decision: str, by: str, reason: str,
+           target: str | None = None, ttl_seconds: int | None = None) -> tuple[Approval, Case]:
+    """Record a human decision bound to the exact pending action; resume the flow when none is left."""
+    case = rt.cases.get(case_id)
+    approval = rt.approvals.decide(case_id, action, decision, by=by, reason=reason,
+                                   ttl_seconds=ttl_seconds or rt.settings.approval_ttl_seconds, target=target)
+    rt.audit.append("approval", by, approval.model_dump(mode="json"), case_id=case_id)
+    if rt.approvals.pending(case_id):
+        case.note(by, f"{decision}d", f"{action} {approval.target}: {reason}")
+        rt.cases.save(case)
+        return approval, case
+    return approval, resume(rt, case)
+
+
+def resume(rt: Runtime, case: Case) -> Case:
+    if case.status != "awaiting_approval" or not case.flow_id:
+        return case
+    flow_cls = _flow(rt)
+    try:
+        flow = flow_cls.from_pending(case.flow_id, rt.flow_persistence)
+    except ValueError:
+        return rt.cases.get(case.id)  # another process already resumed it
+    flow._runtime = rt
+    flow.resume("decisions recorded")
+    final = flow.state.case
+    rt.cases.save(final)
+    return final
+
+
+@contextmanager
+def run_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockBusy(f"another siemcrew run holds {path}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def _checkpoint_path(rt: Runtime) -> Path:
+    return rt.settings.home_path / f"checkpoint-{rt.siem.name}.json"
+
+
+def read_checkpoint(rt: Runtime) -> str | None:
+    path = _checkpoint_path(rt)
+    if not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get("checkpoint")
+
+
+def write_checkpoint(rt: Runtime, checkpoint: str | None) -> None:
+    path = _checkpoint_path(rt)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"checkpoint": checkpoint}), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run(rt: Runtime, limit: int = 100, progress: Callable[[Alert], None] | None = None) -> RunSummary:
+    """Cron mode: fetch since the checkpoint, investigate, advance the checkpoint, summarize.
+
+    The checkpoint advances only after every fetched alert is admitted and run; an alert admitted
+    before a crash is found again by id (no repeat) and unfinished cases are resumed first.
+    """
+    summary = RunSummary()
+    with run_lock(rt.settings.home_path / "run.lock"):
+        for case in rt.cases.list(status="investigating") + rt.cases.list(status="new"):
+            try:
+                run_case(rt, case)
+            except Exception as exc:  # noqa: BLE001 - summarized, the run continues
+                summary.errors.append(f"{case.id}: {exc}"[:300])
+        batch = rt.siem.fetch_alerts(read_checkpoint(rt), limit=limit)
+        summary.fetched = len(batch.alerts)
+        for alert in batch.alerts:
+            if progress:
+                progress(alert)
+            try:
+                known = rt.cases.known(alert)
+                case = investigate(rt, alert)
+                if known:
+                    summary.skipped_known += 1
+                else:
+                    summary.investigated += 1
+            except Exception as exc:  # noqa: BLE001 - summarized, the run continues
+                summary.failed += 1
+                summary.errors.append(f"{alert.id}: {type(exc).__name__}: {exc}"[:300])
+                continue
+            summary.cases.append(case.id)
+            summary.verdicts[case.verdict] = summary.verdicts.get(case.verdict, 0) + 1
+            if case.status == "awaiting_approval":
+                summary.awaiting_approval += 1
+        if not summary.failed:
+            write_checkpoint(rt, batch.checkpoint)
+        summary.checkpoint = batch.checkpoint if not summary.failed else read_checkpoint(rt)
+    return summary
+
+
+__all__ = ["ApprovalError", "LockBusy", "RunSummary", "decide", "investigate", "resume", "run", "run_case"]

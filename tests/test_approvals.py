@@ -1,0 +1,219 @@
+"""Bound approvals: exact-args binding, expiry, denial, double decisions and cross-process races."""
+
+from __future__ import annotations
+
+import multiprocessing
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from siemcrew.crew.approvals import ApprovalError, ApprovalStore
+from siemcrew.crew.models import ActionProposal, PolicyDecision
+from siemcrew.crew.timeutil import utcnow
+
+ISOLATE = ActionProposal(action="isolate_host", target="WS-01", args={"comment": "ransomware"}, reason="beaconing")
+
+
+def needs_approval(proposal: ActionProposal) -> PolicyDecision:
+    return PolicyDecision(
+        action=proposal.action,
+        target=proposal.target,
+        args_sha256=proposal.args_sha256,
+        outcome="approval_required",
+        reasons=["approval: isolate_host is approval=required"],
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ApprovalStore:
+    return ApprovalStore(tmp_path / "approvals.db")
+
+
+def test_request_is_listed_and_idempotent(store: ApprovalStore) -> None:
+    first = store.request("case-1", ISOLATE, needs_approval(ISOLATE), flow_id="flow-9")
+    again = store.request("case-1", ISOLATE, needs_approval(ISOLATE), flow_id="flow-9")
+    assert first.id == again.id
+    (pending,) = store.pending()
+    assert (pending.case_id, pending.action, pending.target, pending.flow_id) == (
+        "case-1",
+        "isolate_host",
+        "WS-01",
+        "flow-9",
+    )
+    assert pending.args == {"comment": "ransomware"} and pending.args_sha256 == ISOLATE.args_sha256
+    assert pending.reason == "beaconing" and pending.policy_reasons == ["approval: isolate_host is approval=required"]
+    assert store.pending("other-case") == []
+
+
+def test_request_refuses_a_decision_for_other_arguments_or_no_approval(store: ApprovalStore) -> None:
+    changed = ISOLATE.model_copy(update={"args": {"comment": "other"}})
+    with pytest.raises(ApprovalError, match="different"):
+        store.request("case-1", changed, needs_approval(ISOLATE))
+    auto = needs_approval(ISOLATE).model_copy(update={"outcome": "auto"})
+    with pytest.raises(ApprovalError, match="not approval_required"):
+        store.request("case-1", ISOLATE, auto)
+
+
+def test_approval_applies_only_to_the_exact_action(store: ApprovalStore) -> None:
+    store.request("case-1", ISOLATE, needs_approval(ISOLATE))
+    approval = store.decide("case-1", "isolate_host", "approve", by="alice", reason="confirmed C2")
+    assert approval.args_sha256 == ISOLATE.args_sha256 and approval.by == "alice"
+    assert store.valid_for("case-1", ISOLATE) == approval
+    assert store.pending() == []
+    assert store.valid_for("case-1", ISOLATE.model_copy(update={"args": {"comment": "ransomware", "x": 1}})) is None
+    assert store.valid_for("case-1", ISOLATE.model_copy(update={"target": "WS-02"})) is None
+    assert store.valid_for("case-1", ISOLATE.model_copy(update={"action": "kill_process"})) is None
+    assert store.valid_for("case-2", ISOLATE) is None
+    assert store.decisions("case-1") == [approval]
+
+
+def test_approval_expires(store: ApprovalStore) -> None:
+    store.request("case-1", ISOLATE, needs_approval(ISOLATE))
+    approval = store.decide("case-1", "isolate_host", "approve", by="alice", reason="ok", ttl_seconds=60)
+    assert approval.expires_at - approval.at == timedelta(seconds=60)
+    assert store.valid_for("case-1", ISOLATE, now=approval.at + timedelta(seconds=59)) is not None
+    assert store.valid_for("case-1", ISOLATE, now=approval.at + timedelta(seconds=61)) is None
+
+
+def test_expired_approval_is_asked_again(store: ApprovalStore) -> None:
+    store.request("case-1", ISOLATE, needs_approval(ISOLATE))
+    store.decide("case-1", "isolate_host", "approve", by="alice", reason="ok", ttl_seconds=0.001)
+    assert store.request("case-1", ISOLATE, needs_approval(ISOLATE)).state == "pending"
+    assert len(store.pending()) == 1
+
+
+def test_deny_never_applies_and_is_not_asked_again(store: ApprovalStore) -> None:
+    store.request("case-1", ISOLATE, needs_approval(ISOLATE))
+    denial = store.decide("case-1", "isolate_host", "deny", by="bob", reason="business critical")
+    assert denial.decision == "deny"
+    assert store.valid_for("case-1", ISOLATE) is None
+    assert store.decision_for("case-1", ISOLATE) == denial
+    again = store.request("case-1", ISOLATE, needs_approval(ISOLATE))
+    assert again.state == "decided" and store.pending() == []
+
+
+def test_a_later_deny_overrides_an_earlier_approve_of_the_same_args(store: ApprovalStore) -> None:
+    store.request("case-1", ISOLATE, needs_approval(ISOLATE))
+    store.decide("case-1", "isolate_host", "approve", by="alice", reason="ok", ttl_seconds=0.001)
+    store.request("case-1", ISOLATE, needs_approval(ISOLATE))
+    store.decide("case-1", "isolate_host", "deny", by="bob", reason="no")
+    assert store.valid_for("case-1", ISOLATE) is None
+    assert [d.decision for d in store.decisions("case-1")] == ["approve", "deny"]
+
+
+def test_double_decide_is_an_error(store: ApprovalStore) -> None:
+    store.request("case-1", ISOLATE, needs_approval(ISOLATE))
+    store.decide("case-1", "isolate_host", "approve", by="alice", reason="ok")
+    with pytest.raises(ApprovalError, match="already decided: approve by alice"):
+        store.decide("case-1", "isolate_host", "deny", by="bob", reason="no")
+    assert [d.decision for d in store.decisions("case-1")] == ["approve"]
+
+
+def test_nothing_pending_is_an_error(store: ApprovalStore) -> None:
+    with pytest.raises(ApprovalError, match="nothing is pending"):
+        store.decide("case-1", "isolate_host", "approve", by="alice", reason="ok")
+
+
+@pytest.mark.parametrize(
+    ("by", "reason", "decision", "ttl", "match"),
+    [
+        ("", "ok", "approve", 60, "by"),
+        ("  ", "ok", "approve", 60, "by"),
+        ("alice", "", "approve", 60, "reason"),
+        ("alice", "ok", "maybe", 60, "approve"),
+        ("alice", "ok", "approve", 0, "ttl"),
+    ],
+)
+def test_decide_validates_input(
+    store: ApprovalStore, by: str, reason: str, decision: str, ttl: int, match: str
+) -> None:
+    store.request("case-1", ISOLATE, needs_approval(ISOLATE))
+    with pytest.raises(ApprovalError, match=match):
+        store.decide("case-1", "isolate_host", decision, by=by, reason=reason, ttl_seconds=ttl)  # type: ignore[arg-type]
+    assert len(store.pending()) == 1
+
+
+def test_several_targets_need_a_target(store: ApprovalStore) -> None:
+    other = ISOLATE.model_copy(update={"target": "WS-02"})
+    store.request("case-1", ISOLATE, needs_approval(ISOLATE))
+    store.request("case-1", other, needs_approval(other))
+    with pytest.raises(ApprovalError, match="WS-01, WS-02"):
+        store.decide("case-1", "isolate_host", "approve", by="alice", reason="ok")
+    approval = store.decide("case-1", "isolate_host", "approve", by="alice", reason="ok", target="WS-02")
+    assert approval.target == "WS-02" and store.valid_for("case-1", other) is not None
+    assert store.valid_for("case-1", ISOLATE) is None
+    assert [p.target for p in store.pending()] == ["WS-01"]
+
+
+def test_new_arguments_supersede_the_pending_request(store: ApprovalStore) -> None:
+    changed = ISOLATE.model_copy(update={"args": {"comment": "changed"}})
+    store.request("case-1", ISOLATE, needs_approval(ISOLATE))
+    store.request("case-1", changed, needs_approval(changed))
+    (pending,) = store.pending()
+    assert pending.args_sha256 == changed.args_sha256
+    store.decide("case-1", "isolate_host", "approve", by="alice", reason="ok")
+    assert store.valid_for("case-1", changed) is not None
+    assert store.valid_for("case-1", ISOLATE) is None
+
+
+def test_store_is_shared_between_instances(tmp_path: Path) -> None:
+    ApprovalStore(tmp_path / "a.db").request("case-1", ISOLATE, needs_approval(ISOLATE))
+    ApprovalStore(tmp_path / "a.db").decide("case-1", "isolate_host", "approve", by="alice", reason="ok")
+    assert ApprovalStore(tmp_path / "a.db").valid_for("case-1", ISOLATE, now=utcnow()) is not None
+
+
+def _decide(path: str, who: str, start, results) -> None:  # type: ignore[no-untyped-def]
+    store = ApprovalStore(path)
+    start.wait()
+    try:
+        store.decide("case-1", "isolate_host", "approve" if who == "alice" else "deny", by=who, reason="race")
+        results.put((who, "won"))
+    except ApprovalError as exc:
+        results.put((who, str(exc)))
+
+
+def test_two_processes_deciding_at_once_exactly_one_wins(tmp_path: Path) -> None:
+    path = str(tmp_path / "approvals.db")
+    ApprovalStore(path).request("case-1", ISOLATE, needs_approval(ISOLATE))
+    context = multiprocessing.get_context("fork")
+    start, results = context.Event(), context.Queue()
+    workers = [context.Process(target=_decide, args=(path, who, start, results)) for who in ("alice", "bob")]
+    for worker in workers:
+        worker.start()
+    start.set()
+    outcomes = dict(results.get(timeout=30) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=30)
+    winners = [who for who, outcome in outcomes.items() if outcome == "won"]
+    assert len(winners) == 1
+    loser = "bob" if winners == ["alice"] else "alice"
+    assert "already decided" in outcomes[loser]
+    (decision,) = ApprovalStore(path).decisions("case-1")
+    assert decision.by == winners[0]
+
+
+def test_policy_approval_and_ledger_together_execute_once(tmp_path: Path) -> None:
+    from siemcrew.crew.ledger import ActionLedger
+    from siemcrew.crew.models import Alert, Case, Entities, VerificationReport
+    from siemcrew.crew.policy import ResponsePolicy
+
+    alert = Alert(id="a1", rule_name="r", timestamp=utcnow(), entities=Entities(hosts=["WS-01"]))
+    case = Case(id="case-1", alerts=[alert], verdict="malicious", confidence="high")
+    case.verifications.append(VerificationReport(status="complete"))
+    store, ledger = ApprovalStore(tmp_path / "a.db"), ActionLedger(tmp_path / "l.db")
+    policy = ResponsePolicy.load()
+    decision = policy.evaluate(case, ISOLATE, ledger.count_since)
+    assert decision.outcome == "approval_required"
+    store.request(case.id, ISOLATE, decision)
+    assert store.valid_for(case.id, ISOLATE) is None
+    store.decide(case.id, "isolate_host", "approve", by="alice", reason="confirmed")
+    executions = []
+    for _ in range(2):
+        if (
+            store.valid_for(case.id, ISOLATE)
+            and ledger.claim(ISOLATE.key(case.id), ISOLATE.action, ISOLATE.target, ISOLATE.args_sha256).acquired
+        ):
+            executions.append(ledger.update(ISOLATE.key(case.id), "done", "contained"))
+    assert len(executions) == 1
+    assert ledger.count_since("isolate_host", utcnow().timestamp() - 3600) == 1

@@ -1,0 +1,459 @@
+"""The read-only investigative tools. Each query becomes an Evidence item of a named kind.
+
+Kinds (the vocabulary of `config/evidence.yaml`): alert_events, process_lineage, host_activity,
+logon_activity, host_addresses, network_connections, persistence_check, prevalence, sigma,
+asset_context, hunt.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from siemcrew.connectors.base import EventQuery, Filter
+from siemcrew.crew.indicators import IndicatorSet, is_external_ip, is_internal_ip, short_host
+from siemcrew.crew.models import Evidence, TimeRange
+from siemcrew.crew.timeutil import parse_time
+from siemcrew.tools.base import ELLIPSIS, EvidenceTool, record_lookup, record_search, scoped
+
+PROCESS_START = ["1", "4688"]
+LOGON_CODES = ["4624", "4625", "4648"]
+PERSISTENCE_CODES = ["4697", "7045", "4698", "4702", "106", "19", "20", "21"]
+ENTITY_FIELDS = {
+    "process.command_line": "process",
+    "process.executable": "process",
+    "process.hash.sha256": "hash",
+    "destination.ip": "ip",
+    "source.ip": "ip",
+    "service.name": "service",
+    "user.name": "user",
+    "file.path": "file",
+    "registry.path": "registry",
+}
+
+
+def host_filter(host: str) -> Filter:
+    return Filter(field="host.hostname", value=short_host(host))
+
+
+def user_filters(user: str) -> list[Filter]:
+    domain, _, name = user.rpartition("\\")
+    return [Filter(field="user.name", value=name or user)]
+
+
+def rank_by_malice(event: dict[str, Any]) -> float:
+    return IndicatorSet.load().malice(event)
+
+
+def _window(tool: EvidenceTool, before: int | None, after: int | None) -> TimeRange:
+    return tool.ctx.window(before, after)
+
+
+class HostArgs(BaseModel):
+    host: str = Field(description="host name (short or FQDN)")
+    before_minutes: int | None = Field(default=None, description="minutes before the alert time")
+    after_minutes: int | None = Field(default=None, description="minutes after the alert time")
+
+
+class AlertEventsTool(EvidenceTool):
+    name: str = "alert_events"
+    description: str = "Fetch the events that triggered the alert (same host, process and time)."
+
+    class Args(BaseModel):
+        alert_id: str = Field(description="the alert id")
+
+    args_schema: type[BaseModel] = Args
+
+    def investigate(self, alert_id: str) -> tuple[list[Evidence], str]:
+        ctx = self.ctx
+        alert = next((a for a in ctx.case.alerts if a.id == alert_id), ctx.alert)
+        host = alert.primary_host
+        first = alert.first_seen or alert.timestamp
+        last = alert.last_seen or alert.timestamp
+        window = TimeRange(start=first - timedelta(minutes=2), end=last + timedelta(minutes=2))
+        query = scoped(ctx, EventQuery(time_range=window, limit=500))
+        if host:
+            query.filters.append(host_filter(host))
+        proc = alert.process
+        group: list[Filter] = []
+        if proc and proc.entity_id:
+            group.append(Filter(field="process.entity_id", value=proc.entity_id))
+        if proc and proc.executable:
+            group.append(Filter(field="process.executable", value=proc.executable))
+        if proc and proc.command_line:
+            group.append(Filter(field="process.command_line", value=proc.command_line))
+        if alert.event.get("event.code"):
+            group.append(Filter(field="event.code", value=str(alert.event["event.code"])))
+        if group:
+            query.any_of.append(group)
+        item, _ = record_search(
+            ctx, tool=self.name, kind="alert_events", entity_type="host", entity=host,
+            run=lambda: ctx.runtime.siem.search(query), time_range=window, rank=rank_by_malice,
+        )
+        return [item], ""
+
+
+class ProcessLineageTool(EvidenceTool):
+    name: str = "process_lineage"
+    description: str = "Ancestors and children of a process on a host (by entity id, pid or executable)."
+
+    class Args(BaseModel):
+        host: str
+        entity_id: str | None = None
+        pid: int | None = None
+        executable: str | None = None
+        at: str | None = Field(default=None, description="ISO time near the process start")
+
+    args_schema: type[BaseModel] = Args
+
+    def _start_event(self, query: EventQuery, entity: str, items: list[Evidence]) -> dict[str, Any] | None:
+        ctx = self.ctx
+        item, rows = record_search(
+            ctx, tool=self.name, kind="process_lineage", entity_type="process", entity=entity,
+            run=lambda: ctx.runtime.siem.search(query), time_range=query.time_range,
+        )
+        items.append(item)
+        return rows[0] if rows else None
+
+    def investigate(self, host: str, entity_id: str | None = None, pid: int | None = None,
+                    executable: str | None = None, at: str | None = None) -> tuple[list[Evidence], str]:
+        ctx = self.ctx
+        moment = parse_time(at) or ctx.alert.timestamp
+        wide = TimeRange(start=moment - timedelta(hours=24), end=moment + timedelta(minutes=5))
+        items: list[Evidence] = []
+        entity = executable or entity_id or (str(pid) if pid is not None else host)
+        base = [host_filter(host), Filter(field="event.code", op="in", value=PROCESS_START)]
+        if entity_id:
+            query = EventQuery(filters=base + [Filter(field="process.entity_id", value=entity_id)], limit=5)
+        elif pid is not None:
+            query = EventQuery(filters=base + [Filter(field="process.pid", value=int(pid))], time_range=wide, order="desc", limit=5)
+        elif executable:
+            query = EventQuery(filters=base + [Filter(field="process.executable", value=executable)],
+                               time_range=ctx.window(), order="desc", limit=5)
+        else:
+            return items, "nothing to look up: give entity_id, pid or executable"
+        current = self._start_event(scoped(ctx, query), entity, items)
+        chain = [current] if current else []
+        node = current
+        for _ in range(4):
+            if not node:
+                break
+            parent_id = node.get("process.parent.entity_id")
+            parent_pid = node.get("process.parent.pid")
+            node_time = parse_time(node.get("@timestamp")) or moment
+            if parent_id:
+                q = EventQuery(filters=base + [Filter(field="process.entity_id", value=parent_id)], limit=1)
+            elif parent_pid not in (None, ""):
+                q = EventQuery(filters=base + [Filter(field="process.pid", value=int(parent_pid))],
+                               time_range=TimeRange(start=node_time - timedelta(days=7), end=node_time), order="desc", limit=1)
+            else:
+                break
+            node = self._start_event(scoped(ctx, q), entity, items)
+            if node:
+                chain.insert(0, node)
+        children: list[dict[str, Any]] = []
+        if current:
+            cur_id = current.get("process.entity_id")
+            cur_time = parse_time(current.get("@timestamp")) or moment
+            if cur_id:
+                q = EventQuery(filters=base + [Filter(field="process.parent.entity_id", value=cur_id)], limit=200)
+            else:
+                q = EventQuery(filters=base + [Filter(field="process.parent.pid", value=int(current.get("process.pid") or -1))],
+                               time_range=TimeRange(start=cur_time, end=cur_time + timedelta(hours=2)), limit=200)
+            item, children = record_search(
+                ctx, tool=self.name, kind="process_lineage", entity_type="process", entity=entity,
+                run=lambda: ctx.runtime.siem.search(scoped(ctx, q)), time_range=q.time_range, rank=rank_by_malice,
+            )
+            items.append(item)
+        names = " > ".join(str(e.get("process.name") or e.get("process.executable") or "?") for e in chain)
+        kids = ", ".join(sorted({str(e.get("process.name") or e.get("process.executable")) for e in children}))
+        return items, f"lineage: {names or 'start event not found'}; children: {kids or 'none'}"
+
+
+class HostActivityTool(EvidenceTool):
+    name: str = "host_activity"
+    description: str = "All events on a host around the alert time, most suspicious first."
+    args_schema: type[BaseModel] = HostArgs
+
+    def investigate(self, host: str, before_minutes: int | None = None, after_minutes: int | None = None) -> tuple[list[Evidence], str]:
+        ctx = self.ctx
+        window = _window(self, before_minutes, after_minutes)
+        query = scoped(ctx, EventQuery(filters=[host_filter(host)], time_range=window, limit=3000))
+        item, rows = record_search(
+            ctx, tool=self.name, kind="host_activity", entity_type="host", entity=short_host(host),
+            run=lambda: ctx.runtime.siem.search(query), time_range=window, rank=rank_by_malice,
+        )
+        names = sorted({h.name for row in rows for h in IndicatorSet.load().hits(row)})
+        return [item], f"indicators seen: {', '.join(names) or 'none'}"
+
+
+class LogonActivityTool(EvidenceTool):
+    name: str = "logon_activity"
+    description: str = (
+        "Logons around the alert time: remote logons into a host and logons from its addresses to other "
+        "hosts (lateral movement), or all logons of a user or from an IP."
+    )
+
+    class Args(BaseModel):
+        host: str | None = None
+        user: str | None = None
+        ip: str | None = None
+
+    args_schema: type[BaseModel] = Args
+
+    def _logons(self, entity_type: str, entity: str, filters: list[Filter], window: TimeRange) -> tuple[Evidence, list[dict]]:
+        ctx = self.ctx
+        query = scoped(ctx, EventQuery(filters=filters + [Filter(field="event.code", op="in", value=LOGON_CODES)],
+                                       time_range=window, limit=2000))
+        return record_search(ctx, tool=self.name, kind="logon_activity", entity_type=entity_type, entity=entity,
+                             run=lambda: ctx.runtime.siem.search(query), time_range=window)
+
+    def addresses(self, host: str, window: TimeRange) -> tuple[Evidence, list[str]]:
+        ctx = self.ctx
+        query = scoped(ctx, EventQuery(filters=[host_filter(host), Filter(field="network.direction", value="outbound")],
+                                       time_range=window, group_by=["source.ip"], limit=20))
+        item, rows = record_search(ctx, tool=self.name, kind="host_addresses", entity_type="host", entity=short_host(host),
+                                   run=lambda: ctx.runtime.siem.search(query), time_range=window)
+        return item, [str(r["source.ip"]) for r in rows if is_internal_ip(r.get("source.ip"))]
+
+    def investigate(self, host: str | None = None, user: str | None = None, ip: str | None = None) -> tuple[list[Evidence], str]:
+        ctx = self.ctx
+        window = ctx.window()
+        items: list[Evidence] = []
+        if host:
+            item, _ = self._logons("host", short_host(host), [host_filter(host)], window)
+            items.append(item)
+            addr_item, addrs = self.addresses(host, window)
+            items.append(addr_item)
+            for addr in addrs[:3]:
+                item, _ = self._logons("ip", addr, [Filter(field="source.ip", value=addr),
+                                                    Filter(field="host.hostname", value=short_host(host), negate=True)], window)
+                items.append(item)
+        if user:
+            item, _ = self._logons("user", user, user_filters(user), window)
+            items.append(item)
+        if ip:
+            item, _ = self._logons("ip", ip, [Filter(field="source.ip", value=ip)], window)
+            items.append(item)
+            query = scoped(ctx, EventQuery(filters=[Filter(field="source.ip", value=ip)], time_range=window,
+                                           group_by=["host.hostname"], limit=10))
+            resolved, _ = record_search(ctx, tool=self.name, kind="host_addresses", entity_type="ip", entity=ip,
+                                        run=lambda: ctx.runtime.siem.search(query), time_range=window)
+            items.append(resolved)
+        return items, ""
+
+
+class NetworkConnectionsTool(EvidenceTool):
+    name: str = "network_connections"
+    description: str = "Network connections of a host around the alert time, external destinations first, with their prevalence."
+    args_schema: type[BaseModel] = HostArgs
+
+    def investigate(self, host: str, before_minutes: int | None = None, after_minutes: int | None = None) -> tuple[list[Evidence], str]:
+        ctx = self.ctx
+        window = _window(self, before_minutes, after_minutes)
+        query = scoped(ctx, EventQuery(filters=[host_filter(host), Filter(field="event.category", value="network")],
+                                       time_range=window, limit=2000))
+        item, rows = record_search(
+            ctx, tool=self.name, kind="network_connections", entity_type="host", entity=short_host(host),
+            run=lambda: ctx.runtime.siem.search(query), time_range=window,
+            rank=lambda e: (2 if is_external_ip(e.get("destination.ip")) else 0) + rank_by_malice(e),
+        )
+        items = [item]
+        external = sorted({str(r["destination.ip"]) for r in rows if is_external_ip(r.get("destination.ip"))})
+        for addr in external[:3]:
+            items.extend(PrevalenceTool(ctx=ctx).investigate(field="destination.ip", value=addr)[0])
+        return items, f"external destinations: {', '.join(external) or 'none'}"
+
+
+class PersistenceCheckTool(EvidenceTool):
+    name: str = "persistence_check"
+    description: str = "Autostart changes on a host: run keys, services, scheduled tasks, WMI subscriptions, shell-open hijacks."
+    args_schema: type[BaseModel] = HostArgs
+
+    def investigate(self, host: str, before_minutes: int | None = None, after_minutes: int | None = None) -> tuple[list[Evidence], str]:
+        ctx = self.ctx
+        window = _window(self, before_minutes, after_minutes)
+        query = scoped(ctx, EventQuery(filters=[host_filter(host)], time_range=window, limit=1000))
+        query.any_of.append([
+            Filter(field="registry.path", op="contains", value="\\CurrentVersion\\Run"),
+            Filter(field="registry.path", op="contains", value="\\Services\\"),
+            Filter(field="registry.path", op="contains", value="\\shell\\open\\command"),
+            Filter(field="registry.path", op="contains", value="\\Winlogon\\"),
+            Filter(field="event.code", op="in", value=PERSISTENCE_CODES),
+            Filter(field="process.command_line", op="contains", value="schtasks"),
+        ])
+        item, _ = record_search(
+            ctx, tool=self.name, kind="persistence_check", entity_type="host", entity=short_host(host),
+            run=lambda: ctx.runtime.siem.search(query), time_range=window, rank=rank_by_malice,
+        )
+        return [item], ""
+
+
+class PrevalenceTool(EvidenceTool):
+    name: str = "prevalence"
+    description: str = "How many hosts, and over what time span, a value (command line, executable, hash, IP) was seen."
+
+    class Args(BaseModel):
+        field: Literal[
+            "process.command_line", "process.executable", "process.hash.sha256", "destination.ip",
+            "source.ip", "service.name", "user.name", "file.path", "registry.path",
+        ]
+        value: str
+
+    args_schema: type[BaseModel] = Args
+
+    def investigate(self, field: str, value: str) -> tuple[list[Evidence], str]:
+        ctx = self.ctx
+        entity_type = ENTITY_FIELDS.get(field, "value")
+        # A value cut short in a sample (ends with an ellipsis) is matched by its prefix.
+        flt = [Filter(field=field, op="startswith", value=value[:-1])] if value.endswith(ELLIPSIS) \
+            else [Filter(field=field, value=value)]
+        by_host = scoped(ctx, EventQuery(filters=list(flt), group_by=["host.hostname"], limit=500))
+        hosts_item, hosts = record_search(
+            ctx, tool=self.name, kind="prevalence", entity_type=entity_type, entity=value,
+            run=lambda: ctx.runtime.siem.search(by_host), time_range=None,
+        )
+        items = [hosts_item]
+        span: list[str] = []
+        for order in ("asc", "desc"):
+            q = scoped(ctx, EventQuery(filters=list(flt), order=order, limit=1))
+            item, rows = record_search(
+                ctx, tool=self.name, kind="prevalence", entity_type=entity_type, entity=value,
+                run=lambda q=q: ctx.runtime.siem.search(q), time_range=None,
+            )
+            items.append(item)
+            if rows:
+                span.append(str(rows[0].get("@timestamp")))
+        note = f"seen on {len(hosts)} host(s); first/last: {' .. '.join(span) or 'never'}"
+        return items, note
+
+
+class SigmaHuntTool(EvidenceTool):
+    name: str = "sigma_hunt"
+    description: str = "Run the shared Sigma detection rules for the given ATT&CK techniques around the alert time."
+
+    class Args(BaseModel):
+        techniques: list[str]
+        host: str | None = None
+
+    args_schema: type[BaseModel] = Args
+
+    def investigate(self, techniques: list[str], host: str | None = None) -> tuple[list[Evidence], str]:
+        ctx = self.ctx
+        rules = ctx.runtime.rules_for(techniques)[:6]
+        window = ctx.window()
+        items: list[Evidence] = []
+        for rule in rules:
+            item, _ = record_search(
+                ctx, tool=self.name, kind="sigma", entity_type="host" if host else None,
+                entity=short_host(host) if host else None,
+                run=lambda rule=rule: ctx.runtime.run_sigma(rule, window, ctx.scope, host),
+                time_range=window, fallback_query=f"sigma:{rule.title}",
+            )
+            items.append(item)
+        return items, f"{len(rules)} rule(s) for {', '.join(techniques)}"
+
+
+class AssetContextTool(EvidenceTool):
+    name: str = "asset_context"
+    description: str = "Asset tier/role/criticality of a host, or tier/role of an identity, from the inventory."
+
+    class Args(BaseModel):
+        host: str | None = None
+        user: str | None = None
+
+    args_schema: type[BaseModel] = Args
+
+    def investigate(self, host: str | None = None, user: str | None = None) -> tuple[list[Evidence], str]:
+        ctx = self.ctx
+        items = []
+        if host:
+            info = ctx.runtime.inventory.host(host)
+            items.append(record_lookup(ctx, tool=self.name, kind="asset_context", entity_type="host",
+                                       entity=short_host(host), data=_plain(info)))
+        if user:
+            info = ctx.runtime.inventory.identity(user)
+            items.append(record_lookup(ctx, tool=self.name, kind="asset_context", entity_type="user",
+                                       entity=user, data=_plain(info)))
+        return items, ""
+
+
+class SearchEventsTool(EvidenceTool):
+    name: str = "search_events"
+    description: str = "Free hunt: events matching ECS field filters around the alert time (all filters must match)."
+
+    class Args(BaseModel):
+        filters: dict[str, str] = Field(description="ECS field -> value (exact, case-insensitive; '*' wildcards allowed)")
+        before_minutes: int | None = None
+        after_minutes: int | None = None
+
+    args_schema: type[BaseModel] = Args
+
+    def investigate(self, filters: dict[str, str], before_minutes: int | None = None,
+                    after_minutes: int | None = None) -> tuple[list[Evidence], str]:
+        ctx = self.ctx
+        window = _window(self, before_minutes, after_minutes)
+        query = scoped(ctx, EventQuery(time_range=window, limit=500))
+        for field, value in filters.items():
+            text = str(value)
+            if text.startswith("*") and text.endswith("*") and len(text) > 2:
+                query.filters.append(Filter(field=field, op="contains", value=text.strip("*")))
+            elif text.endswith("*"):
+                query.filters.append(Filter(field=field, op="startswith", value=text.rstrip("*")))
+            elif text.startswith("*"):
+                query.filters.append(Filter(field=field, op="endswith", value=text.lstrip("*")))
+            else:
+                query.filters.append(Filter(field=field, value=text))
+        entity = next(iter(filters.values()), None)
+        item, _ = record_search(
+            ctx, tool=self.name, kind="hunt", entity_type=ENTITY_FIELDS.get(next(iter(filters), ""), "value"),
+            entity=str(entity) if entity is not None else None,
+            run=lambda: ctx.runtime.siem.search(query), time_range=window, rank=rank_by_malice,
+        )
+        return [item], ""
+
+
+class NativeQueryTool(EvidenceTool):
+    name: str = "run_query"
+    description: str = "Run a read-only query in the SIEM's own language (SQL, SPL, DSL/ES|QL). Writes are refused."
+
+    class Args(BaseModel):
+        query: str
+
+    args_schema: type[BaseModel] = Args
+
+    def investigate(self, query: str) -> tuple[list[Evidence], str]:
+        ctx = self.ctx
+        window = ctx.window()
+        item, _ = record_search(
+            ctx, tool=self.name, kind="hunt", entity_type=None, entity=None,
+            run=lambda: ctx.runtime.siem.run_native(query, window, 200), time_range=window, fallback_query=query,
+        )
+        if item.status == "error":
+            ctx.audit("refusal", {"tool": self.name, "query": query[:1000], "reason": item.error})
+        return [item], ""
+
+
+def _plain(info: Any) -> dict[str, Any]:
+    if info is None:
+        return {}
+    if hasattr(info, "model_dump"):
+        return info.model_dump(mode="json")
+    if hasattr(info, "__dict__"):
+        return {k: v for k, v in vars(info).items() if not k.startswith("_")}
+    return dict(info)
+
+
+INVESTIGATION_TOOLS: dict[str, type[EvidenceTool]] = {
+    cls.model_fields["name"].default: cls
+    for cls in (
+        AlertEventsTool, ProcessLineageTool, HostActivityTool, LogonActivityTool, NetworkConnectionsTool,
+        PersistenceCheckTool, PrevalenceTool, SigmaHuntTool, AssetContextTool, SearchEventsTool, NativeQueryTool,
+    )
+}
+
+
+def tools_for(ctx: Any, names: list[str]) -> list[EvidenceTool]:
+    return [INVESTIGATION_TOOLS[name](ctx=ctx) for name in names if name in INVESTIGATION_TOOLS]
