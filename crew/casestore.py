@@ -103,6 +103,10 @@ class CaseStore:
             db.execute("INSERT INTO intake_keys VALUES (?, ?, datetime('now'))", (key, ",".join(case_ids)))
             return None
 
+    def update_intake(self, key: str, case_ids: list[str]) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE intake_keys SET case_ids = ? WHERE key = ?", (",".join(case_ids), key))
+
     def save(self, case: Case) -> None:
         with self._tx() as db:
             self._save(db, case)

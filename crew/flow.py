@@ -177,6 +177,8 @@ class InvestigationFlow(Flow[CaseState]):
     def gate(self) -> str:
         pending = self._runtime.gate(self.case)
         self._save("gated", f"{len(self.case.proposals)} proposal(s), {pending} awaiting approval")
+        if pending:
+            self._runtime.act(self.case, auto_only=True)
         return "need_approval" if pending else "execute"
 
     @listen("need_approval")

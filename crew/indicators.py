@@ -104,5 +104,5 @@ def account(event: dict[str, Any]) -> str | None:
     name = event.get("user.name")
     if not name:
         return None
-    domain = event.get("user.domain")
+    domain = str(event.get("user.domain") or "").split(".")[0].upper()
     return f"{domain}\\{name}" if domain and "\\" not in str(name) else str(name)

@@ -7,6 +7,7 @@ text, and every finding it writes cites the evidence ids it rests on.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +18,8 @@ from siemcrew.crew.models import Case, Confidence, Evidence, Finding, Verdict
 from siemcrew.crew.timeutil import parse_time
 
 REMOTE_LOGON_TYPES = {"3", "10"}
+ADMIN_PORTS = {"135", "445", "3389", "5985", "5986", "22"}
+REMOTE_TOOLS = re.compile(r"\\(powershell|pwsh|wmic|psexec\w*|winrs|mstsc|sc|schtasks)\.exe$", re.IGNORECASE)
 CORROBORATION = 7.0  # summed weight of distinct indicators that is as convincing as one strong one
 DIRECT_KINDS = {"alert_events", "process_lineage", "persistence_check"}
 CONTEXT_KINDS = {"host_activity", "network_connections", "sigma", "hunt"}
@@ -161,7 +164,7 @@ class Reasoner:
             if not is_external_ip(ip):
                 continue
             entry = stats.get(str(ip))
-            if entry and entry["n_hosts"] <= self.ind.rare_max_hosts and (str(ip), item.id) not in out:
+            if entry and entry["n_hosts"] <= self.ind.rare_max_hosts and str(ip) not in {i for i, _ in out}:
                 out.append((str(ip), entry["ids"][0]))
         return out
 
@@ -174,6 +177,20 @@ class Reasoner:
             if self.ind.is_system_account(account(row)) or not is_internal_ip(row.get("source.ip")):
                 continue
             out.append((item, row))
+        return out
+
+    def lateral_destinations(self, own: set[str]) -> list[str]:
+        """Internal hosts a suspicious process on the alert host reached on remote-administration ports."""
+        out: list[str] = []
+        for _, row in _rows(self.by_kind.get("network_connections", [])):
+            ip = str(row.get("destination.ip") or "")
+            if not is_internal_ip(ip) or ip in own or str(row.get("destination.port")) not in ADMIN_PORTS:
+                continue
+            if str(row.get("network.direction", "outbound")) == "inbound":
+                continue
+            if self.ind.malice(row) > 0 or REMOTE_TOOLS.search(str(row.get("process.executable") or "")):
+                if ip not in out:
+                    out.append(ip)
         return out
 
     def own_addresses(self) -> set[str]:
@@ -235,6 +252,12 @@ class Reasoner:
                         logon_ids[host].append(item.id)
                 elif src_ip not in candidate_ips:
                     candidate_ips.append(src_ip)
+        for ip in self.lateral_destinations(own):
+            owners = sorted(resolved.get(ip, set()) - {self.host})
+            if owners:
+                candidate_hosts.extend(owners)
+            elif ip not in candidate_ips:
+                candidate_ips.append(ip)
         candidate_hosts = sorted(set(candidate_hosts))
 
         # Distinct-indicator scoring: the strongest instance of each indicator counts once.

@@ -155,7 +155,9 @@ class Runtime:
                     pending += 1
         return pending
 
-    def act(self, case: Case) -> None:
+    def act(self, case: Case, auto_only: bool = False) -> None:
+        """Execute cleared proposals. With `auto_only` (before pausing for approvals), only those the
+        policy allows without a human run now; the rest wait and the case is not finalized."""
         from siemcrew.crew.executor import ActionExecutor
 
         executor = ActionExecutor(self)
@@ -171,6 +173,8 @@ class Runtime:
                                             executor="policy", detail=f"denied by policy: {why}"[:500]))
                 continue
             approval = None
+            if decision.outcome == "approval_required" and auto_only:
+                continue
             if decision.outcome == "approval_required":
                 approval = self.approvals.valid_for(case.id, proposal)
                 if approval is None:
@@ -182,6 +186,8 @@ class Runtime:
                     continue
             results.append(executor.execute(case, proposal, approval))
         case.results = results
+        if auto_only:
+            return
         if case.verdict == "benign" and any(r.action == "close_alert" and r.state == "done" for r in results):
             case.status = "closed"
         else:

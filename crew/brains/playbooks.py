@@ -14,7 +14,7 @@ from siemcrew.crew.models import (
     ActionProposal, HuntResult, ImpactAssessment, ResponsePlan, TriageResult, VerificationReport,
 )
 from siemcrew.crew.reasoning import Reasoner
-from siemcrew.crew.timeutil import iso
+from siemcrew.crew.timeutil import iso, parse_time
 
 Call = tuple[str, dict[str, Any]]
 PROCESS_EVENT_CODES = {"1", "4688", "10", "3", "11", "13", "12", "7"}
@@ -34,9 +34,19 @@ def _process_target(ctx: InvestigationContext) -> dict[str, Any] | None:
     if proc and (proc.entity_id or proc.pid is not None or proc.executable):
         return {"entity_id": proc.entity_id, "pid": proc.pid, "executable": proc.executable,
                 "command_line": proc.command_line, "at": iso(ctx.alert.timestamp)}
-    rows = [row for e in ctx.evidence("alert_events") for row in e.sample]
     ind = IndicatorSet.load()
-    rows = [r for r in rows if r.get("process.executable") or r.get("process.pid") not in (None, "")]
+
+    def with_process(kind: str) -> list[dict[str, Any]]:
+        rows = [row for e in ctx.evidence(kind) for row in e.sample]
+        return [r for r in rows if r.get("process.executable") or r.get("process.pid") not in (None, "")]
+
+    rows = with_process("alert_events")
+    if not rows:
+        # The alert's own events name no process (e.g. a service install): trace the most
+        # suspicious process on the host around the alert time instead.
+        moment = ctx.alert.timestamp
+        rows = [r for r in with_process("host_activity")
+                if (t := parse_time(r.get("@timestamp"))) and abs((t - moment).total_seconds()) <= 300]
     if not rows:
         return None
     # Prefer events that describe the process itself (start, access, network) over script-engine logs.
@@ -241,7 +251,8 @@ def conclude_respond(ctx: InvestigationContext) -> ResponsePlan:
                                     reason="write the verdict back to the SIEM", evidence_ids=cite))
     proposals.append(ActionProposal(action="escalate", target=case.id, args={"severity": case.impact.severity if case.impact else "medium"},
                                     reason="a human must review this case", evidence_ids=cite))
-    return ResponsePlan(summary=f"respond to {case.verdict} case", proposals=proposals)
+    unique = {p.key(case.id): p for p in proposals}
+    return ResponsePlan(summary=f"respond to {case.verdict} case", proposals=list(unique.values()))
 
 
 PLANS = {"triage": triage_plan, "hunter": hunt_plan, "impact": impact_plan}
