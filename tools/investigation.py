@@ -237,8 +237,10 @@ class LogonActivityTool(EvidenceTool):
         if ip:
             item, _ = self._logons("ip", ip, [Filter(field="source.ip", value=ip)], window)
             items.append(item)
-            query = scoped(ctx, EventQuery(filters=[Filter(field="source.ip", value=ip)], time_range=window,
-                                           group_by=["host.hostname"], limit=10))
+            # Who owns the address: hosts whose own outbound connections come from it.
+            query = scoped(ctx, EventQuery(filters=[Filter(field="source.ip", value=ip),
+                                                    Filter(field="network.direction", value="outbound")],
+                                           time_range=window, group_by=["host.hostname"], limit=10))
             resolved, _ = record_search(ctx, tool=self.name, kind="host_addresses", entity_type="ip", entity=ip,
                                         run=lambda: ctx.runtime.siem.search(query), time_range=window)
             items.append(resolved)
