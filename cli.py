@@ -31,6 +31,11 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(splunk_app, name="splunk-app")
 
 console = Console(stderr=True)
+_STDOUT = [sys.stdout]  # where results go; library chatter (crewAI prints) is sent to stderr
+
+
+def _out() -> Any:
+    return _STDOUT[0]
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: $SIEMCREW_CONFIG or built-in local).")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable JSON on stdout.")
 
@@ -58,7 +63,7 @@ def _runtime(config: Optional[Path], **overrides: Any) -> Any:
 
 def _emit(data: Any, as_json: bool, human: Callable[[], None]) -> None:
     if as_json:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        _out().write(json.dumps(data, indent=2, default=str) + "\n")
     else:
         human()
 
@@ -78,7 +83,7 @@ def _cases_table(cases: list[Any], title: str = "cases") -> None:
         row = _case_row(case)
         table.add_row(row["id"], row["status"], f"{row['verdict']} ({row['confidence']})", row["rule"][:40],
                       str(row["host"]), ", ".join(row["affected_hosts"]), "\n".join(row["actions"]))
-    Console().print(table)
+    Console(file=_out()).print(table)
 
 
 def _pending_table(pending: list[Any]) -> None:
@@ -87,7 +92,7 @@ def _pending_table(pending: list[Any]) -> None:
         table.add_column(col)
     for p in pending:
         table.add_row(p.case_id, p.action, p.target, p.args_sha256[:12], str(p.requested_at)[:19], p.reason[:60])
-    Console().print(table)
+    Console(file=_out()).print(table)
 
 
 @app.command()
@@ -136,7 +141,7 @@ def run(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
     """Cron mode: fetch alerts since the checkpoint, investigate, write verdicts back, summarize."""
     rt = _runtime(config)
     summary = _run_with_progress(rt, as_json, limit)
-    _emit(summary.as_dict(), True if as_json else False, lambda: sys.stdout.write(json.dumps(summary.as_dict()) + "\n"))
+    _emit(summary.as_dict(), True if as_json else False, lambda: _out().write(json.dumps(summary.as_dict()) + "\n"))
     raise typer.Exit(EXIT_PARTIAL if summary.failed else EXIT_OK)
 
 
@@ -178,7 +183,7 @@ def cases_show(case_id: str, config: Optional[Path] = ConfigOpt, as_json: bool =
     case = _load_case(config, case_id)
     from siemcrew.crew.report import render_markdown
 
-    _emit(case.model_dump(mode="json"), as_json, lambda: sys.stdout.write(render_markdown(case)))
+    _emit(case.model_dump(mode="json"), as_json, lambda: _out().write(render_markdown(case)))
 
 
 def _load_case(config: Optional[Path], case_id: str) -> Any:
@@ -208,7 +213,7 @@ def report(case_id: str, config: Optional[Path] = ConfigOpt, as_json: bool = Jso
     if out:
         out.write_text(text, encoding="utf-8")
     else:
-        sys.stdout.write(text)
+        _out().write(text)
 
 
 @app.command()
@@ -281,7 +286,7 @@ def doctor(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
             table.add_column(col)
         for r in results:
             table.add_row(r["check"], "yes" if r["ok"] else "NO", r["detail"][:120])
-        Console().print(table)
+        Console(file=_out()).print(table)
     _emit({"ok": ok, "checks": results}, as_json, human)
     raise typer.Exit(EXIT_OK if ok else EXIT_ERROR)
 
@@ -317,7 +322,7 @@ def evaluate(dataset: Path = typer.Option(..., "--dataset", help="Folder laid ou
     if out:
         out.write_text(render_markdown(result), encoding="utf-8")
     metrics = {k: v for k, v in result.items() if k != "per_alert"}
-    _emit(result, as_json, lambda: Console().print_json(json.dumps(metrics, default=str)))
+    _emit(result, as_json, lambda: Console(file=_out()).print_json(json.dumps(metrics, default=str)))
 
 
 @splunk_app.command("build")
@@ -331,7 +336,11 @@ def splunk_app_build(out: Path = typer.Option(Path("dist"), help="Output folder.
 
 
 def main() -> None:
-    app()
+    import contextlib
+
+    _STDOUT[0] = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        app()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,140 @@
+"""Splunk rows (ES notables, saved-search results, alert-action rows) as normalized `Alert`s.
+
+One mapping for every way a Splunk alert reaches siemcrew, so a notable fetched by `siemcrew run`
+and the same row handed off by the alert action name the same entities.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from siemcrew.connectors.splunk.mapping import default_mapping, splunk_time
+from siemcrew.crew.models import Alert, Entities, ProcessRef
+from siemcrew.crew.timeutil import utcnow
+
+_PLACEHOLDERS = {"", "-", "unknown", "n/a", "na", "null", "none"}
+_TECHNIQUE = re.compile(r"^T\d{4}(\.\d{3})?$", re.IGNORECASE)
+_SEVERITIES = {"informational": "low", "info": "low", "low": "low", "medium": "medium", "high": "high", "critical": "critical"}
+
+
+def values(row: dict[str, Any], *fields: str) -> list[str]:
+    """The non-placeholder values of `fields` in order, multivalue fields flattened, duplicates dropped."""
+    out: list[str] = []
+    for field in fields:
+        raw = row.get(field)
+        for item in raw if isinstance(raw, list) else [raw]:
+            text = str(item).strip() if item is not None else ""
+            if text.lower() not in _PLACEHOLDERS and text not in out:
+                out.append(text)
+    return out
+
+
+def first(row: dict[str, Any], *fields: str) -> str | None:
+    found = values(row, *fields)
+    return found[0] if found else None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _merge(*groups: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for group in groups:
+        out.extend(item for item in group if item not in out)
+    return out
+
+
+def entities_from_row(row: dict[str, Any]) -> Entities:
+    """CIM fields -> entities; `host` counts only when no dest names the host (on notables it is the search head)."""
+    addresses = values(row, "src", "src_ip", "dest_ip")
+    host_names = values(row, "dest", "dest_host", "dest_nt_host") or values(row, "host")
+    return Entities(
+        hosts=_merge([h for h in host_names if not _is_ip(h)], [a for a in addresses if not _is_ip(a)]),
+        users=values(row, "user", "src_user"),
+        ips=_merge([a for a in addresses if _is_ip(a)], [h for h in host_names if _is_ip(h)]),
+        processes=values(row, "process_path") or values(row, "process"),
+        hashes=values(row, "file_hash", "process_hash"),
+        files=values(row, "file_path"),
+    )
+
+
+def process_from_row(row: dict[str, Any]) -> ProcessRef | None:
+    ref = ProcessRef(
+        executable=first(row, "process_path"),
+        command_line=first(row, "process"),
+        pid=_int(first(row, "process_id")),
+        parent_executable=first(row, "parent_process_path"),
+        parent_command_line=first(row, "parent_process"),
+        parent_pid=_int(first(row, "parent_process_id")),
+    )
+    return ref if ref.model_dump(exclude_none=True) else None
+
+
+def _int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text, 0) if text.lower().startswith("0x") else int(float(text))
+    except ValueError:
+        return None
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def techniques_from_row(row: dict[str, Any]) -> list[str]:
+    found: list[str] = []
+    for key in row:
+        if key.startswith("annotations.mitre_attack"):
+            found.extend(v for v in values(row, key) if _TECHNIQUE.match(v))
+    return found
+
+
+def alert_from_row(
+    row: dict[str, Any],
+    *,
+    alert_id: str,
+    rule_name: str | None = None,
+    link: str | None = None,
+) -> Alert:
+    """The shared mapping; a given `rule_name` wins over the rule the row names."""
+    severity = first(row, "urgency", "severity") or "medium"
+    security_domain = first(row, "security_domain")
+    return Alert(
+        id=alert_id,
+        source="splunk",
+        rule_name=rule_name or first(row, "rule_name", "rule_title", "search_name") or "Splunk alert",
+        rule_id=first(row, "rule_id"),
+        severity=_SEVERITIES.get(severity.lower(), severity.lower()),
+        risk_score=_float(first(row, "risk_score")),
+        description=first(row, "rule_description", "description") or "",
+        timestamp=splunk_time(row.get("_time")) or utcnow(),
+        techniques=techniques_from_row(row),
+        tags=[f"security_domain:{security_domain}"] if security_domain else [],
+        entities=entities_from_row(row),
+        process=process_from_row(row),
+        event=default_mapping().to_ecs(row),
+        drilldown=first(row, "drilldown_search"),
+        link=link,
+        raw=dict(row),
+    )
+
+
+def alert_from_notable(row: dict[str, Any]) -> Alert:
+    """An ES notable (from the `notable` macro): the alert id is the notable's `event_id`."""
+    event_id = first(row, "event_id")
+    if not event_id:
+        raise ValueError("notable row has no event_id")
+    return alert_from_row(row, alert_id=event_id)

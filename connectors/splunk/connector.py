@@ -1,0 +1,265 @@
+"""`SplunkConnector`: the `SiemConnector` protocol on splunkd through splunk-sdk.
+
+Searches (EventQuery through `SplDialect`, native SPL, Sigma through pySigma's Splunk backend) all
+pass the read-only guard and return flat ECS rows. Alerts come from ES notables or a saved
+search with an opaque checkpoint; verdicts go back through `notable_update`, cases to HEC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+from datetime import datetime
+from typing import Any
+
+from sigma.backends.splunk import SplunkBackend
+from sigma.collection import SigmaCollection
+from sigma.exceptions import SigmaError
+from sigma.pipelines.splunk import splunk_cim_data_model, splunk_windows_pipeline
+from splunklib import client
+
+from siemcrew.config.settings import SettingsError
+from siemcrew.config.splunk import SplunkSettings
+from siemcrew.connectors.base import (
+    AlertBatch,
+    AlertUpdate,
+    ConnectorError,
+    EventQuery,
+    HealthReport,
+    SearchResult,
+)
+from siemcrew.connectors.splunk.alerts import alert_from_notable, alert_from_row, first
+from siemcrew.connectors.splunk.checkpoint import AlertCheckpoint, Stamped
+from siemcrew.connectors.splunk.dialect import SplDialect
+from siemcrew.connectors.splunk.guard import READ_ONLY_COMMANDS, SplGuard
+from siemcrew.connectors.splunk.hec import HecClient, hec_record
+from siemcrew.connectors.splunk.mapping import default_mapping
+from siemcrew.connectors.splunk.search import SearchRunner
+from siemcrew.connectors.splunk.session import call_read, call_write, open_service
+from siemcrew.crew.models import Alert, Case, TimeRange, canonical_json
+
+log = logging.getLogger("siemcrew.splunk")
+
+NOTABLE_STATUS = {"in_progress": 2, "acknowledged": 2, "escalated": 2}
+CIM_SIGMA_MACROS = frozenset({"drop_dm_object_name"})  # what pySigma's data-model output calls
+MAX_COMMENT = 4000
+SAVED_SEARCH_MAX_ROWS = 50_000
+HEALTH_SPL = "| makeresults count=1"
+_NAMES_INDEX = re.compile(r"(?<![\w.])index\s*(=|!=|\s+IN\b)", re.IGNORECASE)
+
+
+class SplunkConnector:
+    name = "splunk"
+    language = "spl"
+
+    def __init__(self, settings: SplunkSettings) -> None:
+        self.settings = settings
+        self.mapping = default_mapping()
+        macros = frozenset(settings.search.macros)
+        if settings.search.sigma_pipeline == "splunk_cim":
+            macros |= CIM_SIGMA_MACROS
+        self.guard = SplGuard(allowed_macros=macros, allowed_commands=READ_ONLY_COMMANDS)
+        self.runner = SearchRunner(settings, self.service)
+        self._service: client.Service | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: SplunkSettings | dict[str, Any]) -> "SplunkConnector":
+        return cls(settings if isinstance(settings, SplunkSettings) else SplunkSettings.model_validate(settings))
+
+    def service(self) -> client.Service:
+        """The logged-in splunk-sdk Service, created on first use."""
+        with self._lock:
+            if self._service is None:
+                try:
+                    self._service = open_service(self.settings)
+                except SettingsError as exc:
+                    raise ConnectorError(str(exc)) from None
+            return self._service
+
+    # -- searching -------------------------------------------------------------------------
+    def search(self, query: EventQuery) -> SearchResult:
+        scope = self.settings.search.scope
+        if query.scope:
+            scope = query.scope if "=" in query.scope else f'index="{query.scope}"'
+        dialect = SplDialect(self.mapping.to_splunk, scope=scope)
+        spl = dialect.translate(query.model_copy(update={"limit": query.limit + 1}))
+        return self._run(spl, query.time_range, query.limit)
+
+    def run_native(self, query: str, time_range: TimeRange | None = None, limit: int = 200) -> SearchResult:
+        return self._run(self._searchable(query), time_range, limit)
+
+    def run_sigma(self, rule_yaml: str, time_range: TimeRange | None = None, limit: int = 200) -> SearchResult:
+        output = "data_model" if self.settings.search.sigma_pipeline == "splunk_cim" else "default"
+        try:
+            queries = SplunkBackend(self._sigma_pipeline()).convert(SigmaCollection.from_yaml(rule_yaml), output_format=output)
+        except (SigmaError, ValueError) as exc:
+            raise ConnectorError(f"splunk: the Sigma rule cannot be converted to SPL: {exc}") from None
+        spls = [self._searchable(str(q)) for q in queries]
+        for spl in spls:
+            self.guard.check(spl)
+        events: list[dict[str, Any]] = []
+        total = 0
+        truncated = False
+        for spl in spls:
+            part = self._run(spl, time_range, limit)
+            total += part.total
+            truncated = truncated or part.truncated
+            events.extend(part.events[: max(limit - len(events), 0)])
+        return SearchResult(
+            connector=self.name, language=self.language, query="\n".join(spls), total=total, events=events,
+            truncated=truncated or total > len(events),
+        )
+
+    def _sigma_pipeline(self) -> Any:
+        choice = self.settings.search.sigma_pipeline
+        if choice == "splunk_windows":
+            return splunk_windows_pipeline()
+        if choice == "splunk_cim":
+            return splunk_cim_data_model()
+        return None
+
+    def _searchable(self, spl: str) -> str:
+        """SPL as splunkd wants it: generating searches keep their pipe, others start with `search`,
+        and the configured scope is added when the search names no index of its own."""
+        text = spl.strip()
+        if text.startswith("|"):
+            return text
+        body = text[len("search "):].lstrip() if text.lower().startswith("search ") else text
+        scope = self.settings.search.scope.strip()
+        if scope and not _NAMES_INDEX.search(body.split("|", 1)[0]):
+            body = f"{scope} {body}"
+        return f"search {body}"
+
+    def _run(self, spl: str, time_range: TimeRange | None, limit: int) -> SearchResult:
+        self.guard.check(spl)
+        earliest, latest = (_epoch(time_range.start), _epoch(time_range.end)) if time_range else (None, None)
+        rows = self.runner.rows(spl, earliest=earliest, latest=latest, max_rows=limit + 1)
+        return SearchResult(
+            connector=self.name,
+            language=self.language,
+            query=spl,
+            total=len(rows),
+            events=[self.mapping.to_ecs(row) for row in rows[:limit]],
+            truncated=len(rows) > limit,
+        )
+
+    # -- alerts in -------------------------------------------------------------------------
+    def fetch_alerts(self, checkpoint: str | None, limit: int = 100) -> AlertBatch:
+        state = AlertCheckpoint.decode(checkpoint)
+        alerts_cfg = self.settings.alerts
+        since = state.earliest(alerts_cfg.overlap_s)
+        earliest = _epoch_value(since) if since is not None else alerts_cfg.initial_lookback
+        wanted = limit + len(state.seen)
+        if alerts_cfg.source == "notable":
+            rows = self.runner.rows(self.notable_spl(wanted), earliest=earliest, latest="now", max_rows=wanted)
+            candidates = [self._stamped(alert_from_notable(row)) for row in rows if first(row, "event_id")]
+        else:
+            name = alerts_cfg.saved_search or ""
+            rows = self.runner.saved_search_rows(name, earliest=earliest, latest="now", max_rows=SAVED_SEARCH_MAX_ROWS)
+            candidates = [self._stamped(alert_from_row(row, alert_id=_row_id(name, row), rule_name=name)) for row in rows]
+        alerts, after = state.advance(candidates, limit, alerts_cfg.overlap_s)
+        return AlertBatch(alerts=alerts, checkpoint=after.encode())
+
+    def notable_spl(self, head: int) -> str:
+        statuses = ", ".join(f'"{s}"' for s in self.settings.alerts.statuses)
+        spl = f"search `notable` | search status IN ({statuses}) | sort 0 +_time +event_id | head {int(head)}"
+        self.guard.check(spl)
+        return spl
+
+    @staticmethod
+    def _stamped(alert: Alert) -> Stamped[Alert]:
+        return Stamped(id=alert.id, time=alert.timestamp.timestamp(), item=alert)
+
+    # -- verdicts out ----------------------------------------------------------------------
+    def update_alert(self, alert: Alert, update: AlertUpdate) -> None:
+        """notable_update for ES notables; alerts that are not notables have nothing to update."""
+        event_id = first(alert.raw, "event_id")
+        if not event_id:
+            log.info("splunk: alert %s is not an ES notable; its verdict goes out with publish_case", alert.id)
+            return
+        form: dict[str, Any] = {
+            "ruleUIDs": [event_id],
+            "status": str(self.settings.alerts.closed_status if update.status == "closed" else NOTABLE_STATUS[update.status]),
+            "comment": notable_comment(update),
+            "output_mode": "json",
+        }
+        urgency = update.urgency or ("high" if update.status == "escalated" else None)
+        if urgency:
+            form["urgency"] = urgency
+        if update.owner:
+            form["newOwner"] = update.owner
+        response = call_write(
+            self.settings, lambda: self.service().post("/services/notable_update", **form), f"notable_update {event_id}"
+        )
+        _check_notable_answer(response.body.read(), event_id)
+
+    def publish_case(self, case: Case) -> None:
+        record = hec_record(case, self.settings)
+        if self.settings.hec.url:
+            try:
+                hec = HecClient(self.settings)
+                try:
+                    hec.send(record)
+                finally:
+                    hec.close()
+            except SettingsError as exc:
+                raise ConnectorError(str(exc)) from None
+            return
+        params = {k: record[k] for k in ("host", "source", "sourcetype", "index") if record.get(k)}
+        call_write(
+            self.settings,
+            lambda: self.service().post("/services/receivers/simple", body=canonical_json(record["event"]), **params),
+            f"receivers/simple for case {case.id}",
+        )
+
+    # -- health ----------------------------------------------------------------------------
+    def health(self) -> HealthReport:
+        try:
+            info = call_read(self.settings, lambda: self.service().info, "server/info")
+            self.run_native(HEALTH_SPL, limit=1)
+        except ConnectorError as exc:
+            return HealthReport(connector=self.name, ok=False, detail=str(exc))
+        version = str(info.get("version") or "") or None
+        return HealthReport(
+            connector=self.name, ok=True, version=version,
+            detail=f"{info.get('serverName', self.settings.host)}: server/info and a test search answered",
+        )
+
+
+def notable_comment(update: AlertUpdate) -> str:
+    """The analyst-facing comment: verdict first, then summary, report link and the crew's note."""
+    parts = [f"siemcrew verdict: {update.verdict}"]
+    if update.summary:
+        parts.append(update.summary)
+    if update.report_link:
+        parts.append(f"Report: {update.report_link}")
+    if update.comment:
+        parts.append(update.comment)
+    text = "\n".join(parts)
+    return text if len(text) <= MAX_COMMENT else text[: MAX_COMMENT - 1] + "…"
+
+
+def _check_notable_answer(body: bytes, event_id: str) -> None:
+    try:
+        answer = json.loads(body or b"{}")
+    except ValueError:
+        raise ConnectorError(f"splunk notable_update {event_id}: unreadable answer {body[:120]!r}") from None
+    if not answer.get("success", False) or int(answer.get("failure_count", 0) or 0) > 0:
+        raise ConnectorError(f"splunk notable_update {event_id}: {answer.get('message') or 'not updated'}")
+
+
+def _epoch(moment: datetime) -> str:
+    return _epoch_value(moment.timestamp())
+
+
+def _epoch_value(seconds: float) -> str:
+    return f"{seconds:.3f}"
+
+
+def _row_id(search_name: str, row: dict[str, Any]) -> str:
+    """Saved-search rows carry no id: derive a stable one (the notable event_id when the row has it)."""
+    return first(row, "event_id") or "splunk:" + hashlib.sha256(canonical_json([search_name, row]).encode()).hexdigest()[:24]
