@@ -5,7 +5,8 @@ crewAI is imported only by commands that investigate, so `siemcrew --help`, `aud
 
 Exit codes: 0 ok; 1 error (configuration, input, connector); 2 usage; 3 another `run` holds the
 lock; 4 some alerts failed (the others were processed; the checkpoint did not advance);
-5 the audit log failed verification; 6 approval refused (nothing pending, already decided, expired).
+5 the audit log failed verification; 6 approval refused (nothing pending, already decided, expired);
+7 `eval --require` quality bar not met.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_LOCKED, EXIT_PARTIAL, EXIT_AUDIT, EXIT_APPROVAL = 0, 1, 2, 3, 4, 5, 6
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_LOCKED, EXIT_PARTIAL, EXIT_AUDIT, EXIT_APPROVAL, EXIT_QUALITY = range(8)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="siemcrew: multi-agent SIEM investigations "
                   "with recorded evidence, deterministic gates and bound approvals.")
@@ -310,11 +311,14 @@ def evaluate(dataset: Path = typer.Option(..., "--dataset", help="Folder laid ou
              rules: Optional[Path] = typer.Option(None, help="Sigma rules folder (default DIR/../detection-content/sigma)."),
              out: Optional[Path] = typer.Option(None, help="Write the markdown report here."),
              config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
-             split: Optional[str] = typer.Option(None, help="Only alerts of this split (e.g. dev).")) -> None:
+             split: Optional[str] = typer.Option(None, help="Only alerts of this split (e.g. dev)."),
+             require: list[str] = typer.Option([], help="A quality bar such as 'tp_recall>=0.95' (repeatable); "
+                                                        "exit 7 when any is not met.")) -> None:
     """Score the crew on labelled alerts over real recordings."""
-    from siemcrew.evaluation import EvalError, evaluate as run_eval, render_markdown
+    from siemcrew.evaluation import EvalError, check_requirements, evaluate as run_eval, render_markdown
 
     try:
+        bars = check_requirements({}, require, parse_only=True)
         result = run_eval(dataset, rules=rules, config=config, split=split, quiet=as_json)
     except EvalError as exc:
         console.print(f"[red]eval failed:[/red] {exc}")
@@ -323,6 +327,10 @@ def evaluate(dataset: Path = typer.Option(..., "--dataset", help="Folder laid ou
         out.write_text(render_markdown(result), encoding="utf-8")
     metrics = {k: v for k, v in result.items() if k != "per_alert"}
     _emit(result, as_json, lambda: Console(file=_out()).print_json(json.dumps(metrics, default=str)))
+    failed = check_requirements(metrics, require) if bars else []
+    for line in failed:
+        console.print(f"[red]quality bar not met:[/red] {line}")
+    raise typer.Exit(EXIT_QUALITY if failed else EXIT_OK)
 
 
 @splunk_app.command("build")

@@ -259,3 +259,27 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines.append("none")
     lines += ["", "_Alerts are SigmaHQ rules (Detection Rule License 1.1; rule authors credited in each rule file)._"]
     return "\n".join(lines) + "\n"
+
+
+_OPS = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "==": lambda a, b: a == b}
+
+
+def check_requirements(metrics: dict[str, Any], requirements: list[str], parse_only: bool = False) -> list[str]:
+    """Each requirement is `metric>=x`, `metric<=x` or `metric==x`; returns those not met."""
+    failed: list[str] = []
+    for text in requirements:
+        for op in (">=", "<=", "=="):
+            if op in text:
+                name, _, value = (part.strip() for part in text.partition(op))
+                break
+        else:
+            raise EvalError(f"bad requirement {text!r}: use metric>=x, metric<=x or metric==x")
+        if name not in METRIC_KEYS:
+            raise EvalError(f"unknown metric {name!r} in {text!r}")
+        try:
+            bound = float(value)
+        except ValueError:
+            raise EvalError(f"bad number in {text!r}") from None
+        if not parse_only and not _OPS[op](float(metrics[name]), bound):
+            failed.append(f"{name} = {metrics[name]} (needs {op} {value})")
+    return failed if not parse_only else requirements

@@ -12,7 +12,7 @@ triage ─ benign with evidence → close
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import siemcrew.crew.offline as offline
 from crewai.flow import human_feedback
@@ -44,6 +44,8 @@ class ApprovalProvider:
 @persist()
 class InvestigationFlow(Flow[CaseState]):
     _runtime: Any = PrivateAttr(default=None)
+    # crewAI would create a vector memory (and an embedder) per flow; cases keep their own record.
+    _skip_auto_memory: ClassVar[bool] = True
 
     # -- helpers -----------------------------------------------------------------------------
     @property
@@ -160,6 +162,8 @@ class InvestigationFlow(Flow[CaseState]):
     def escalate(self) -> None:
         case = self.case
         gaps = "; ".join(g.detail for g in case.verification.gaps) if case.verification else ""
+        if case.verdict == "benign":
+            case.verdict, case.confidence = "inconclusive", "low"  # an unverified benign claim is no verdict
         case.summary = f"{case.summary} | evidence incomplete after {case.round + 1} round(s): {gaps}"[:2000]
         case.proposals = [
             ActionProposal(action="update_alert", target=case.alert.id, args={"status": "escalated", "verdict": case.verdict},

@@ -64,6 +64,8 @@ class ActionRule(Model):
     auto_min_confidence: Confidence | None = None
     """Below this confidence (but at or above min_confidence) an automatic action needs approval."""
     min_verdict: Verdict | None = None
+    verdicts: list[Verdict] | None = None
+    """When set, the action is allowed only for cases with one of these verdicts (close_alert: benign)."""
     tiers: TierRules = Field(default_factory=TierRules)
     rate_limit: RateLimit | None = None
     target_in_case: bool = True
@@ -295,6 +297,8 @@ class ResponsePolicy:
             )
         if rule.min_verdict and VERDICT_RANK[case.verdict] < VERDICT_RANK[rule.min_verdict]:
             decision.fire("denied", "min_verdict", f"case verdict {case.verdict} < {rule.min_verdict}")
+        if rule.verdicts is not None and case.verdict not in rule.verdicts:
+            decision.fire("denied", "verdicts", f"case verdict {case.verdict} is not one of {rule.verdicts}")
 
     def _check_target(self, decision: _Decision, rule: ActionRule, case: Case, subject: str) -> None:
         """Tier rules and case scope for a host or user target."""

@@ -76,19 +76,21 @@ def diverse(rows: list[dict[str, Any]], rank: Callable[[dict[str, Any]], float],
     """Most relevant rows first, but one per kind of behaviour before any repeats.
 
     A noisy process (hundreds of identical script-engine events) must not crowd a single rare,
-    decisive event (one LSASS access) out of a bounded sample.
+    decisive event (one LSASS access) out of a bounded sample. Rows are grouped by what they say
+    first, so ranking costs one evaluation per distinct behaviour, not per row.
     """
-    scored = sorted(rows, key=rank, reverse=True)
-    seen: set[tuple[Any, ...]] = set()
-    first: list[dict[str, Any]] = []
-    rest: list[dict[str, Any]] = []
-    for row in scored:
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
         signature = (row.get("event.code"), row.get("process.executable"), row.get("process.command_line"),
                      row.get("target.process.executable"), row.get("registry.path"), row.get("destination.ip"),
                      row.get("user.name"), row.get("source.ip"))
-        (rest if signature in seen else first).append(row)
-        seen.add(signature)
-    return (first + rest)[: max(size, 1)] if len(first) >= size else first + rest
+        groups.setdefault(signature, []).append(row)
+    ranked = sorted(groups.values(), key=lambda group: rank(group[0]), reverse=True)
+    first = [group[0] for group in ranked]
+    if len(first) >= size:
+        return first[:size]
+    rest = [row for group in ranked for row in group[1:]]
+    return first + rest[: size - len(first)]
 
 
 def fence(evidence: list[Evidence], note: str = "", rows: int = 8) -> str:

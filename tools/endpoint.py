@@ -1,0 +1,118 @@
+"""Endpoint truth from the EDR that covers a host: context and process trees as Evidence, and the
+executor adapter for approved containment (never a tool a model can call)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from siemcrew.connectors.base import ConnectorError
+from siemcrew.crew.indicators import short_host
+from siemcrew.crew.models import ActionProposal, Case, Evidence, sha256_of
+from siemcrew.tools.base import EvidenceTool, compact
+
+ACTIONS = {"isolate_host": "contain", "release_host": "release", "kill_process": "kill_process"}
+
+
+def _edr(ctx_or_rt: Any, host: str) -> Any:
+    rt = getattr(ctx_or_rt, "runtime", ctx_or_rt)
+    from siemcrew.connectors.edr.registry import edr_for_host
+
+    return edr_for_host(rt.edr_settings, rt.edr, host)
+
+
+def _record(ctx: Any, tool: str, kind: str, host: str, vendor: str, query: str,
+            run: Callable[[], list[dict[str, Any]]]) -> Evidence:
+    try:
+        rows = run()
+        item = Evidence(kind=kind, entity_type="host", entity=short_host(host), connector=vendor, language="api",
+                        query=query, count=len(rows), sample=[compact(r) if "host.name" in r else r for r in rows[:20]],
+                        truncated=len(rows) > 20, status="ok" if rows else "empty", tool=tool)
+    except ConnectorError as exc:
+        item = Evidence(kind=kind, entity_type="host", entity=short_host(host), connector=vendor, language="api",
+                        query=query, status="error", error=str(exc)[:500], tool=tool)
+    ctx.add_evidence(item)
+    ctx.audit("query", {"tool": tool, "evidence": item.id, "language": "api", "query": query,
+                        "status": item.status, "result_digest": sha256_of(item.sample)})
+    return item
+
+
+class EndpointContextTool(EvidenceTool):
+    name: str = "endpoint_context"
+    description: str = "EDR view of a host: online, OS, containment state, logged-on users, open detections."
+
+    class Args(BaseModel):
+        host: str
+
+    args_schema: type[BaseModel] = Args
+
+    def investigate(self, host: str) -> tuple[list[Evidence], str]:
+        ctx = self.ctx
+        edr = _edr(ctx, host)
+        if edr is None:
+            return [], f"no EDR covers {host}"
+
+        def run() -> list[dict[str, Any]]:
+            ref = edr.find_host(name=host)
+            if ref is None:
+                return []
+            context = edr.host_context(ref)
+            detections = edr.detections(ref, ctx.window())
+            return [context.model_dump(mode="json") | {"detections_in_window": len(detections)}]
+
+        return [_record(ctx, self.name, "endpoint_context", host, edr.name, f"{edr.name}:host_context({host})", run)], ""
+
+
+class ProcessTreeTool(EvidenceTool):
+    name: str = "process_tree"
+    description: str = "Process events from the EDR on a host around the alert time (optionally one pid)."
+
+    class Args(BaseModel):
+        host: str
+        pid: int | None = None
+
+    args_schema: type[BaseModel] = Args
+
+    def investigate(self, host: str, pid: int | None = None) -> tuple[list[Evidence], str]:
+        ctx = self.ctx
+        edr = _edr(ctx, host)
+        if edr is None:
+            return [], f"no EDR covers {host}"
+
+        def run() -> list[dict[str, Any]]:
+            ref = edr.find_host(name=host)
+            return edr.process_events(ref, ctx.window(), pid) if ref else []
+
+        return [_record(ctx, self.name, "process_tree", host, edr.name, f"{edr.name}:process_events({host},{pid})", run)], ""
+
+
+def endpoint_tools(ctx: Any, names: list[str]) -> list[EvidenceTool]:
+    tools = {"endpoint_context": EndpointContextTool, "process_tree": ProcessTreeTool}
+    return [tools[n](ctx=ctx) for n in names if n in tools]
+
+
+def edr_action(rt: Any, proposal: ActionProposal, comment: str, case: Case) -> Callable[[], tuple[Any, str, str, str | None]] | None:
+    """The vendor call for an approved, policy-cleared endpoint action; None when no EDR covers it."""
+    action = ACTIONS.get(proposal.action)
+    host = str(proposal.args.get("host") or proposal.target.split(":")[0])
+    edr = _edr(rt, host)
+    if action is None or edr is None:
+        return None
+
+    def run() -> tuple[Any, str, str, str | None]:
+        from siemcrew.connectors.edr.executor import ContainmentExecutor, SqliteIdempotencyStore
+
+        ref = edr.find_host(name=host)
+        if ref is None:
+            return "failed", edr.name, f"{edr.name} does not know host {host}", None
+        store = SqliteIdempotencyStore(rt.settings.home_path / "edr_tickets.db")
+        try:
+            ticket = ContainmentExecutor.from_settings(rt.edr_settings).execute(
+                edr, action, ref, comment, store, proposal.key(case.id),
+                pid=int(proposal.args["pid"]) if action == "kill_process" else None)
+        finally:
+            store.close()
+        return ticket.state, edr.name, f"{action} {host}: {ticket.state} {ticket.detail}"[:500], ticket.ticket_id
+
+    return run
