@@ -258,6 +258,27 @@ def deny(case_id: str, action: str, by: str = typer.Option(..., help="Who denies
     _decide("deny", case_id, action, by, reason, target, config, as_json)
 
 
+@app.command()
+def propose(case_id: str, action: str, target: str = typer.Option(..., help="Host, user, indicator… it acts on."),
+            by: str = typer.Option(..., help="Who proposes."), reason: str = typer.Option(..., help="Why."),
+            arg: list[str] = typer.Option([], help="Extra argument key=value (repeatable)."),
+            config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Propose a further action on a case (e.g. release_host after clean-up); it passes the policy gate."""
+    from siemcrew.crew.approvals import ApprovalError
+    from siemcrew.crew.operations import propose as propose_action
+
+    extra = dict(item.split("=", 1) for item in arg if "=" in item)
+    rt = _runtime(config)
+    try:
+        case = propose_action(rt, case_id, action, target, by=by, reason=reason, args=extra or None)
+    except (ApprovalError, KeyError) as exc:
+        console.print(f"[red]proposal refused:[/red] {exc}")
+        raise typer.Exit(EXIT_APPROVAL) from None
+    decision = next((d for d in case.decisions if d.action == action and d.target == target), None)
+    _emit({"case": _case_row(case), "decision": decision.model_dump(mode="json") if decision else None}, as_json,
+          lambda: console.print(f"{action} {target}: {decision.outcome if decision else '?'}"))
+
+
 @audit_app.command("verify")
 def audit_verify(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
                  path: Optional[Path] = typer.Option(None, help="Audit log file (default: <home>/audit.jsonl).")) -> None:

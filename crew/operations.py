@@ -101,8 +101,37 @@ def decide(rt: Runtime, case_id: str, action: str, decision: str, by: str, reaso
     return approval, resume(rt, case)
 
 
+def propose(rt: Runtime, case_id: str, action: str, target: str, by: str, reason: str,
+            args: dict[str, Any] | None = None) -> Case:
+    """A person proposes a further action on a case (e.g. release a contained host). It passes the
+    same policy gate; if it needs approval it waits, otherwise it runs now."""
+    from siemcrew.crew.models import ActionProposal
+
+    if not by.strip() or not reason.strip():
+        raise ApprovalError("a proposal needs `by` and a `reason`")
+    case = rt.cases.get(case_id)
+    default_args = {"host": target} if action.endswith("_host") else {}
+    proposal = ActionProposal(action=action, target=target, args=args or default_args, reason=reason, proposed_by=by)
+    case.proposals = [p for p in case.proposals if p.key(case.id) != proposal.key(case.id)] + [proposal]
+    rt.audit.append("proposal", by, proposal.model_dump(mode="json"), case_id=case.id)
+    pending = rt.gate(case, [proposal])
+    case.note(by, "proposed", f"{action} {target}: {reason}")
+    if pending:
+        case.status = "awaiting_approval"
+        rt.cases.save(case)
+        return case
+    rt.act(case)
+    rt.cases.save(case)
+    return case
+
+
 def resume(rt: Runtime, case: Case) -> Case:
-    if case.status != "awaiting_approval" or not case.flow_id:
+    if case.status != "awaiting_approval":
+        return case
+    if not case.flow_id or rt.flow_persistence.load_pending_feedback(case.flow_id) is None:
+        # No paused flow (a proposal made after the investigation): execute what is now decided.
+        rt.act(case)
+        rt.cases.save(case)
         return case
     flow_cls = _flow(rt)
     try:
@@ -191,4 +220,4 @@ def run(rt: Runtime, limit: int = 100, progress: Callable[[Alert], None] | None 
     return summary
 
 
-__all__ = ["ApprovalError", "LockBusy", "RunSummary", "decide", "investigate", "resume", "run", "run_case"]
+__all__ = ["ApprovalError", "LockBusy", "RunSummary", "decide", "investigate", "propose", "resume", "run", "run_case"]

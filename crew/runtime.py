@@ -141,11 +141,14 @@ class Runtime:
         return edr_action(self, proposal, comment, case)
 
     # -- gates ----------------------------------------------------------------------------------
-    def gate(self, case: Case) -> int:
-        """Policy decisions for every proposal; approval requests for those that need one."""
-        case.decisions = []
+    def gate(self, case: Case, proposals: list[Any] | None = None) -> int:
+        """Policy decisions for the proposals (default: all of the case's); approval requests for
+        those that need one. Returns how many still wait for a human decision."""
+        targets = case.proposals if proposals is None else proposals
+        keys = {(p.action, p.target) for p in targets}
+        case.decisions = [d for d in case.decisions if (d.action, d.target) not in keys]
         pending = 0
-        for proposal in case.proposals:
+        for proposal in targets:
             decision = self.policy.evaluate(case, proposal, self.ledger.count_since)
             case.decisions.append(decision)
             self.audit.append("policy", "policy", decision.model_dump(mode="json"), case_id=case.id)

@@ -106,6 +106,8 @@ def hunt_plan(ctx: InvestigationContext) -> list[Call]:
         for tool in ("logon_activity", "network_connections", "persistence_check", "host_activity"):
             if not _done(ctx, tool, host):
                 calls.append((tool, {"host": host}))
+    if host and ctx.runtime.edr and not _done(ctx, "endpoint_context", host):
+        calls.append(("endpoint_context", {"host": host}))
     if alert.techniques and ctx.runtime.has_sigma and not _done(ctx, "sigma", None):
         calls.append(("sigma_hunt", {"techniques": alert.techniques, "host": host}))
     calls += entity_pivots(ctx)
@@ -174,6 +176,8 @@ def impact_plan(ctx: InvestigationContext) -> list[Call]:
     for host in assessment.affected_hosts:
         if not _done(ctx, "asset_context", host):
             calls.append(("asset_context", {"host": host}))
+        if ctx.runtime.edr and not _done(ctx, "endpoint_context", host):
+            calls.append(("endpoint_context", {"host": host}))
     for user in assessment.affected_users:
         if not _done(ctx, "asset_context", user):
             calls.append(("asset_context", {"user": user}))

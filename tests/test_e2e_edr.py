@@ -1,0 +1,83 @@
+"""A verified malicious case → isolation proposal → approval in a separate process → containment
+confirmed by the EDR → release on a later approval; never a second containment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from conftest import EXAMPLES, run_cli
+from emulators.edr_falcon import CLIENT_ID, CLIENT_SECRET, FalconEmulator
+
+from siemcrew.config.settings import Settings
+from siemcrew.crew.models import Alert
+from siemcrew.crew.operations import investigate
+from siemcrew.crew.runtime import Runtime
+
+HOST = "WS-HR-02"
+AID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
+
+
+def test_containment_is_a_confirmed_state_executed_once_and_released_on_later_approval(tmp_path: Path,
+                                                                                       monkeypatch) -> None:
+    falcon = FalconEmulator()
+    falcon.add_device(AID, HOST, local_ip="10.10.20.12")
+    falcon.start()
+    try:
+        env = {"FALCON_CLIENT_ID": CLIENT_ID, "FALCON_CLIENT_SECRET": CLIENT_SECRET}
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        config = tmp_path / "siemcrew.yaml"
+        config.write_text(yaml.safe_dump({
+            "home": str(tmp_path / "home"), "source": "local", "executor": "edr",
+            "local": {"events": [str(EXAMPLES / "events")]},
+            "edr": {"action_timeout_s": 20, "poll_interval_s": 0.05,
+                    "crowdstrike": {"base_url": falcon.base_url, "verify": False},
+                    "coverage": [{"hosts": ["WS-*"], "vendor": "crowdstrike"}]},
+        }), encoding="utf-8")
+        rt = Runtime(Settings.load(config))
+        alert = Alert.model_validate_json((EXAMPLES / "alerts" / "demo-2-encoded-powershell.json").read_text())
+        case = investigate(rt, alert)
+        assert case.verdict == "malicious" and case.verification.status == "complete"
+        assert case.status == "awaiting_approval"
+        pending = {(p.action, p.target) for p in rt.approvals.pending(case.id)}
+        assert ("isolate_host", HOST) in pending
+        assert falcon.contain_requests() == []  # nothing happens before a human decides
+        # the endpoint's own view was collected as evidence while hunting
+        assert any(e.kind == "endpoint_context" and e.status == "ok" for e in case.evidence)
+
+        for action, target in sorted(pending - {("isolate_host", HOST)}):
+            denied = run_cli("deny", case.id, action, "--target", target, "--by", "bob", "--reason", "not now",
+                             "--config", str(config), env=env)
+            assert denied.returncode == 0, denied.stderr[-2000:]
+        approved = run_cli("approve", case.id, "isolate_host", "--target", HOST, "--by", "alice",
+                           "--reason", "confirmed stager", "--config", str(config), "--json", env=env)
+        assert approved.returncode == 0, approved.stderr[-3000:]
+        row = json.loads(approved.stdout)["case"]
+        assert f"isolate_host:{HOST}:done" in row["actions"]
+        assert falcon.devices[AID]["status"] == "contained"
+        assert len(falcon.contain_requests()) == 1
+        note = falcon.actions[0]["note"] or ""
+        assert case.id in note and "alice" in note
+
+        again = run_cli("approve", case.id, "isolate_host", "--target", HOST, "--by", "alice", "--reason", "again",
+                        "--config", str(config), env=env)
+        assert again.returncode == 6
+        assert len(falcon.contain_requests()) == 1
+
+        proposed = run_cli("propose", case.id, "release_host", "--target", HOST, "--by", "bob",
+                           "--reason", "reimaged and clean", "--config", str(config), "--json", env=env)
+        assert proposed.returncode == 0, proposed.stderr[-3000:]
+        assert json.loads(proposed.stdout)["decision"]["outcome"] == "approval_required"
+        assert falcon.devices[AID]["status"] == "contained"
+        released = run_cli("approve", case.id, "release_host", "--target", HOST, "--by", "carol",
+                           "--reason", "verified clean", "--config", str(config), "--json", env=env)
+        assert released.returncode == 0, released.stderr[-3000:]
+        assert f"release_host:{HOST}:done" in json.loads(released.stdout)["case"]["actions"]
+        assert falcon.devices[AID]["status"] == "normal"
+        lifts = [a for a in falcon.actions if a["action_name"] == "lift_containment"]
+        assert len(lifts) == 1 and len(falcon.contain_requests()) == 1
+        assert run_cli("audit", "verify", "--config", str(config), env=env).returncode == 0
+    finally:
+        falcon.stop()
