@@ -11,6 +11,7 @@ import ipaddress
 import re
 from typing import Any, Literal
 
+from siemcrew.connectors.documents import is_ip
 from siemcrew.config.settings import SettingsError
 from siemcrew.connectors.base import ActionTicket, ConnectorError, HealthReport, HostContext, HostRef
 from siemcrew.connectors.edr.http import EdrHttp
@@ -47,15 +48,9 @@ def name_candidates(name: str) -> list[str]:
     """The name as given, then its short form: EDRs store `WS-042` where SIEMs say `ws-042.corp.local`."""
     text = name.strip()
     short = text.split(".", 1)[0]
-    return [text] if short == text or _is_ip(text) else [text, short]
+    return [text] if short == text or is_ip(text) else [text, short]
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def newest(records: list[dict[str, Any]], time_field: str) -> dict[str, Any]:

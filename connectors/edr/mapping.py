@@ -11,6 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from siemcrew.connectors.documents import get_path
+
 import yaml
 
 from siemcrew.crew.models import TimeRange
@@ -36,32 +38,7 @@ def mapping_for(vendor: str, kind: str) -> FieldMapping:
         raise KeyError(f"{MAPPINGS_FILE.name} has no mapping {vendor}.{kind}") from None
 
 
-def resolve(node: Any, path: str) -> Any:
-    """The value at a dotted path, through nested dicts, flat dotted keys and lists; None if absent."""
-    return _resolve(node, path.split("."))
-
-
-def _resolve(node: Any, parts: list[str]) -> Any:
-    if not parts:
-        return node
-    if isinstance(node, list):
-        found: list[Any] = []
-        for item in node:
-            value = _resolve(item, parts)
-            if isinstance(value, list):
-                found.extend(value)
-            elif value is not None:
-                found.append(value)
-        return found or None
-    if not isinstance(node, dict):
-        return None
-    for cut in range(len(parts), 0, -1):
-        key = ".".join(parts[:cut])
-        if key in node:
-            value = _resolve(node[key], parts[cut:])
-            if value is not None:
-                return value
-    return None
+resolve = get_path  # the value at a dotted path through nested dicts, flat keys and lists
 
 
 def map_record(record: dict[str, Any], mapping: FieldMapping) -> dict[str, Any]:

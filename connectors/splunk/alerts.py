@@ -6,10 +6,11 @@ and the same row handed off by the alert action name the same entities.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable
 from typing import Any
+
+from siemcrew.connectors.documents import is_ip
 
 from siemcrew.connectors.splunk.mapping import default_mapping, splunk_time
 from siemcrew.crew.models import Alert, Entities, ProcessRef
@@ -37,12 +38,6 @@ def first(row: dict[str, Any], *fields: str) -> str | None:
     return found[0] if found else None
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _merge(*groups: Iterable[str]) -> list[str]:
@@ -57,9 +52,9 @@ def entities_from_row(row: dict[str, Any]) -> Entities:
     addresses = values(row, "src", "src_ip", "dest_ip")
     host_names = values(row, "dest", "dest_host", "dest_nt_host") or values(row, "host")
     return Entities(
-        hosts=_merge([h for h in host_names if not _is_ip(h)], [a for a in addresses if not _is_ip(a)]),
+        hosts=_merge([h for h in host_names if not is_ip(h)], [a for a in addresses if not is_ip(a)]),
         users=values(row, "user", "src_user"),
-        ips=_merge([a for a in addresses if _is_ip(a)], [h for h in host_names if _is_ip(h)]),
+        ips=_merge([a for a in addresses if is_ip(a)], [h for h in host_names if is_ip(h)]),
         processes=values(row, "process_path") or values(row, "process"),
         hashes=values(row, "file_hash", "process_hash"),
         files=values(row, "file_path"),

@@ -1,0 +1,271 @@
+"""Shared pieces of the end-to-end tests against the Splunk and Elastic emulators.
+
+Demo data goes in the way each SIEM would hold it: raw Windows events are normalized to ECS by the
+product's own normalizer, then written as Splunk events (CIM names from `splunk_cim.yaml`) or as
+Elasticsearch documents (ECS). Alerts are built from the demo's alert files in the shape each SIEM
+hands them out: ES notables, alert-action result rows, Elastic Security alert documents. The
+`siemcrew serve` process helper starts the real service and waits for it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+EXPECTED = json.loads((EXAMPLES / "expected.json").read_text(encoding="utf-8"))["alerts"]
+WEBHOOK_PAYLOAD = Path("/work/shared/reference/elastic/webhook_payload.json")
+FINISHED = ("closed", "escalated", "failed", "awaiting_approval")
+
+
+# -- demo data ------------------------------------------------------------------------------------
+def demo_alert(name: str) -> dict[str, Any]:
+    return json.loads((EXAMPLES / "alerts" / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def expected_verdict(name: str) -> str:
+    return EXPECTED[name]["verdict"]
+
+
+def verdict_class(verdict: str) -> str:
+    """benign, or attack (malicious and suspicious both mean: not to be closed)."""
+    return "benign" if verdict == "benign" else "attack"
+
+
+def scenario_events(*names: str) -> list[dict[str, Any]]:
+    """Flat ECS events of the named demo alerts' scenario files, through siemcrew's normalizer."""
+    from siemcrew.connectors.local.normalize import Normalizer
+
+    normalizer = Normalizer()
+    events: list[dict[str, Any]] = []
+    for name in names:
+        for relative in EXPECTED[name]["events_files"]:
+            for line in (EXAMPLES / relative).read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    normalized = normalizer.normalize(json.loads(line))
+                    if normalized is not None:
+                        events.append(normalized.doc)
+    return events
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def shifted(timestamp: str, seconds: float) -> str:
+    moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    return iso(moment + timedelta(seconds=seconds))
+
+
+# -- Splunk shapes --------------------------------------------------------------------------------
+def splunk_event(ecs: dict[str, Any]) -> dict[str, Any]:
+    """An ECS event as Splunk holds it: CIM names where the mapping has one, ECS names otherwise."""
+    from siemcrew.connectors.splunk.mapping import default_mapping
+
+    fields = default_mapping().fields
+    row: dict[str, Any] = {}
+    for key, value in ecs.items():
+        if value in (None, "", []):
+            continue
+        row[fields[key][0] if key in fields else key] = value
+    row.setdefault("host", ecs.get("host.name"))
+    row["sourcetype"] = "XmlWinEventLog"
+    row["source"] = f"XmlWinEventLog:{ecs.get('winlog.channel', 'Application')}"
+    row["index"] = "wineventlog"
+    return row
+
+
+def notable(name: str, event_id: str, delay_s: float = 45.0) -> dict[str, Any]:
+    """An ES notable for a demo alert, as the `notable` macro returns it (fields of the triggering event)."""
+    alert = demo_alert(name)
+    proc = alert.get("process") or {}
+    event = alert.get("event") or {}
+    row = {
+        "_time": shifted(alert["timestamp"], delay_s),
+        "event_id": event_id,
+        "rule_id": event_id,
+        "rule_name": alert["rule_name"],
+        "search_name": f"Endpoint - {alert['rule_name']} - Rule",
+        "rule_description": alert.get("description", ""),
+        "security_domain": "endpoint",
+        "severity": alert.get("severity", "medium"),
+        "urgency": alert.get("severity", "medium"),
+        "status": "1",
+        "owner": "unassigned",
+        "dest": event.get("host.name") or alert["entities"]["hosts"][0],
+        "user": (alert["entities"].get("users") or [None])[0],
+        "process_path": proc.get("executable"),
+        "process": proc.get("command_line"),
+        "process_id": proc.get("pid"),
+        "parent_process_path": proc.get("parent_executable"),
+        "parent_process": proc.get("parent_command_line"),
+        "parent_process_id": proc.get("parent_pid"),
+        "EventCode": event.get("event.code"),
+        "annotations.mitre_attack": alert.get("techniques") or [],
+        "orig_time": alert["timestamp"],
+        "drilldown_search": f'index=wineventlog dest="{event.get("host.name", "")}"',
+    }
+    return {key: value for key, value in row.items() if value not in (None, "", [])}
+
+
+def action_rows(name: str) -> list[dict[str, Any]]:
+    """The result rows of a saved search that fired on a demo alert's event (fields as `table` keeps them)."""
+    alert = demo_alert(name)
+    event = splunk_event(alert["event"])
+    keep = ("_time", "dest", "user", "process_path", "process", "process_id", "parent_process_path",
+            "parent_process", "parent_process_id", "EventCode", "tag")
+    row = {key: event[key] for key in keep if key in event}
+    row["_time"] = alert["timestamp"]
+    if "\\" not in str(row.get("user", "")) and alert["entities"].get("users"):
+        row["user"] = alert["entities"]["users"][0]
+    return [row]
+
+
+# -- Elastic shapes -------------------------------------------------------------------------------
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """Flat dotted keys -> nested objects (what the webhook's `context.alerts.asJSON` renders)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        if isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]]["value"] = value
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def security_alert(name: str, uuid: str, detected_after_s: float = 60.0) -> dict[str, Any]:
+    """An Elastic Security alert document for a demo alert: the source event's ECS fields (nested)
+    plus `kibana.alert.*` as flat keys, like the alerts index stores them."""
+    alert = demo_alert(name)
+    reference = json.loads(WEBHOOK_PAYLOAD.read_text(encoding="utf-8"))["alerts"][0]
+    source = {key: value for key, value in alert["event"].items() if not key.startswith("winlog.event_data.")}
+    doc = nest({k: v for k, v in source.items() if k != "@timestamp"})
+    detected = shifted(alert["timestamp"], detected_after_s)
+    threat = copy.deepcopy(reference["kibana"]["alert"]["rule"]["threat"])
+    if alert.get("techniques"):
+        technique = alert["techniques"][0]
+        threat[0]["technique"] = [{"id": technique.split(".")[0], "name": technique, "reference": "",
+                                   "subtechnique": [{"id": technique, "name": technique, "reference": ""}]
+                                   if "." in technique else []}]
+    doc.update({
+        "@timestamp": detected,
+        "kibana.alert.uuid": uuid,
+        "kibana.alert.status": "active",
+        "kibana.alert.workflow_status": "open",
+        "kibana.alert.severity": alert.get("severity", "medium"),
+        "kibana.alert.risk_score": alert.get("risk_score") or 73,
+        "kibana.alert.reason": alert.get("description", ""),
+        "kibana.alert.original_time": alert["timestamp"],
+        "kibana.alert.start": detected,
+        "kibana.alert.last_detected": detected,
+        "kibana.alert.rule.uuid": f"rule-{name}",
+        "kibana.alert.rule.name": alert["rule_name"],
+        "kibana.alert.rule.description": alert.get("description", ""),
+        "kibana.alert.rule.severity": alert.get("severity", "medium"),
+        "kibana.alert.rule.risk_score": 73,
+        "kibana.alert.rule.tags": alert.get("tags") or [],
+        "kibana.alert.rule.threat": threat,
+        "kibana.alert.original_event.kind": "event",
+        "kibana.alert.original_event.code": (alert.get("event") or {}).get("event.code"),
+        "kibana.space_ids": ["default"],
+        "event": {**doc.get("event", {}), "kind": "signal"},
+    })
+    return doc
+
+
+def webhook_body(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Kibana rule action body (examples/elastic/kibana_rule_action.json's template) for these alerts."""
+    body = json.loads(WEBHOOK_PAYLOAD.read_text(encoding="utf-8"))
+    rendered = []
+    for doc in docs:
+        flat_kibana = {k: v for k, v in doc.items() if k.startswith("kibana.")}
+        rest = {k: v for k, v in doc.items() if not k.startswith("kibana.")}
+        rendered.append({**copy.deepcopy(rest), **nest(flat_kibana)})
+    body.update(rule_name=docs[0]["kibana.alert.rule.name"], rule_id=docs[0]["kibana.alert.rule.uuid"],
+                alerts_count=len(docs), alerts=rendered)
+    return body
+
+
+# -- processes ------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_config(path: Path, data: dict[str, Any]) -> str:
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return str(path)
+
+
+@contextmanager
+def serve(config: str, env: dict[str, str], log_path: Path, timeout_s: float = 60.0) -> Iterator[str]:
+    """`siemcrew serve` in its own process; yields its base URL once /healthz answers."""
+    port = free_port()
+    full_env = {**os.environ, **env}
+    full_env.pop("SIEMCREW_CONFIG", None)
+    with log_path.open("w", encoding="utf-8") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "siemcrew.cli", "serve", "--config", config, "--port", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT, env=full_env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                if proc.poll() is not None:
+                    raise AssertionError(f"siemcrew serve exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"siemcrew serve did not answer /healthz:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.1)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+def wait_for_case(url: str, token: str, case_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Poll `GET /v1/cases/{id}` until the investigation stopped (verdict, or waiting for a human)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = httpx.get(f"{url}/v1/cases/{case_id}", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        assert answer.status_code == 200, answer.text
+        case = answer.json()
+        if case["status"] in FINISHED:
+            return case
+        if time.monotonic() > deadline:
+            raise AssertionError(f"case {case_id} still {case['status']} after {timeout_s}s")
+        time.sleep(0.2)
+
+
+def audit_records(home: Path, kind: str | None = None) -> list[dict[str, Any]]:
+    path = home / "audit.jsonl"
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in records if kind is None or r.get("kind") == kind]
