@@ -23,6 +23,7 @@ REMOTE_TOOLS = re.compile(r"\\(powershell|pwsh|wmic|psexec\w*|winrs|mstsc|sc|sch
 CORROBORATION = 7.0  # summed weight of distinct indicators that is as convincing as one strong one
 DIRECT_KINDS = {"alert_events", "process_lineage", "persistence_check"}
 CONTEXT_KINDS = {"host_activity", "network_connections", "sigma", "hunt"}
+BENIGN_KINDS = {"alert_events", "process_lineage"}
 
 
 @dataclass
@@ -90,13 +91,20 @@ class Reasoner:
             for item, row in _rows(items):
                 row_host = short_host(row.get("host.hostname") or row.get("host.name")) or item.entity
                 for hit in self.ind.hits(row):
+                    if hit.benign and (kind not in BENIGN_KINDS or item.entity_type == "process_children"):
+                        continue  # benign automation elsewhere on the host explains nothing about this alert
                     weight = hit.weight if hit.benign else hit.weight * factor
                     out.append(Signal(hit.name, weight, item.id, _detail(row), row_host, hit.benign))
         return out
 
     def known_software_signals(self) -> list[Signal]:
         out: list[Signal] = []
+        own = (self.alert.process.executable or "").lower() if self.alert.process else ""
         for item, row in _rows(self.by_kind.get("process_lineage", []) + self.by_kind.get("alert_events", [])):
+            if item.kind == "alert_events" and str(row.get("process.executable") or "").lower() != own:
+                continue  # only the alert's own process and its ancestry can be explained away
+            if item.entity_type == "process_children":
+                continue
             for key in ("process.executable", "process.parent.executable", "service.executable"):
                 path = row.get(key)
                 if path and self.inventory is not None:
@@ -193,6 +201,35 @@ class Reasoner:
                     out.append(ip)
         return out
 
+    def process_owners(self) -> list[str]:
+        """Users that events of the traced process name (its start event may predate the data)."""
+        owners: list[str] = []
+        for _, row in _rows(self.by_kind.get("process_lineage", [])):
+            if "count" in row and row.get("user.name"):
+                user = account(row)
+                if user and not self.ind.is_system_account(user) and user not in owners:
+                    owners.append(user)
+        return owners
+
+    def logons_before_alert(self, minutes: float = 10.0) -> list[str]:
+        """People who logged on to the alert host from another machine just before it fired."""
+        users: list[str] = []
+        start = (self.alert.first_seen or self.alert.timestamp).timestamp() - minutes * 60
+        end = (self.alert.last_seen or self.alert.timestamp).timestamp() + 120
+        for item, row in _rows(self.by_kind.get("logon_activity", [])):
+            if str(row.get("event.code")) != "4624" or str(row.get("logon.type")) not in REMOTE_LOGON_TYPES:
+                continue
+            if str(row.get("source.ip") or "").startswith(("127.", "::1")):
+                continue
+            moment = parse_time(row.get("@timestamp"))
+            host = short_host(row.get("host.hostname") or row.get("host.name"))
+            if item.entity_type == "host" and host == self.host and moment and start <= moment.timestamp() <= end \
+                    and not self.ind.is_system_account(account(row)):
+                user = account(row)
+                if user and user not in users:
+                    users.append(user)
+        return users
+
     def own_addresses(self) -> set[str]:
         addrs: set[str] = set()
         for item, row in _rows(self.by_kind.get("host_addresses", [])):
@@ -285,7 +322,9 @@ class Reasoner:
         if strong or corroborated or (confirmed and malice >= 3):
             verdict: Verdict = "malicious"
             confidence: Confidence = "high" if (strong or corroborated or confirmed) else "medium"
-        elif benign_score >= 3 and not direct and malice < 3:
+        elif benign_score >= 3 and not [d for d in direct if d.weight >= 3] and malice <= benign_score / 2:
+            # Benign evidence (known software, prevalence, platform automation) must clearly outweigh
+            # whatever weak oddities (a hidden window, a discovery command) the process shows.
             verdict, confidence = "benign", ("high" if benign_score >= 5 else "medium")
         elif malice >= 3:
             verdict, confidence = "suspicious", "medium"
@@ -305,6 +344,9 @@ class Reasoner:
                 for user in lateral_users.get(host, []):
                     if user and user not in users:
                         users.append(user)
+            for user in self.process_owners() + self.logons_before_alert():
+                if user not in users:
+                    users.append(user)
         findings = self._findings(verdict, malicious, benign, confirmed, lateral_users, logon_ids)
         if corroborated and not strong:
             top = sorted(malicious, key=lambda s: -s.weight)[:5]

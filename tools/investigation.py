@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from siemcrew.connectors.base import EventQuery, Filter
-from siemcrew.crew.indicators import IndicatorSet, is_external_ip, is_internal_ip, short_host
+from siemcrew.crew.indicators import IndicatorSet, account, is_external_ip, is_internal_ip, short_host
 from siemcrew.crew.models import Evidence, TimeRange
 from siemcrew.crew.timeutil import parse_time
 from siemcrew.tools.base import ELLIPSIS, EvidenceTool, record_lookup, record_search, scoped
@@ -45,6 +45,19 @@ def user_filters(user: str) -> list[Filter]:
 
 def rank_by_malice(event: dict[str, Any]) -> float:
     return IndicatorSet.load().malice(event)
+
+
+def rank_logon(event: dict[str, Any]) -> float:
+    """Interactive and network logons of people from other machines first; machine noise last."""
+    ind = IndicatorSet.load()
+    score = 0.0
+    if str(event.get("logon.type")) in ("3", "10"):
+        score += 2
+    if is_internal_ip(event.get("source.ip")):
+        score += 1
+    if not ind.is_system_account(account(event)):
+        score += 3
+    return score
 
 
 def _window(tool: EvidenceTool, before: int | None, after: int | None) -> TimeRange:
@@ -163,8 +176,19 @@ class ProcessLineageTool(EvidenceTool):
                 q = EventQuery(filters=base + [Filter(field="process.parent.pid", value=int(current.get("process.pid") or -1))],
                                time_range=TimeRange(start=cur_time, end=cur_time + timedelta(hours=2)), limit=200)
             item, children = record_search(
-                ctx, tool=self.name, kind="process_lineage", entity_type="process", entity=entity,
+                ctx, tool=self.name, kind="process_lineage", entity_type="process_children", entity=entity,
                 run=lambda: ctx.runtime.siem.search(scoped(ctx, q)), time_range=q.time_range, rank=rank_by_malice,
+            )
+            items.append(item)
+        owner_pid = (current or {}).get("process.pid", pid)
+        if owner_pid not in (None, "") and not (current or {}).get("user.name"):
+            # Who ran it: any event of the same process that names a user (script logs, network, access).
+            q = EventQuery(filters=[host_filter(host), Filter(field="process.pid", value=int(owner_pid)),
+                                    Filter(field="user.name", op="exists")],
+                           time_range=ctx.window(), group_by=["user.domain", "user.name"], limit=10)
+            item, _ = record_search(
+                ctx, tool=self.name, kind="process_lineage", entity_type="process", entity=entity,
+                run=lambda: ctx.runtime.siem.search(scoped(ctx, q)), time_range=q.time_range,
             )
             items.append(item)
         names = " > ".join(str(e.get("process.name") or e.get("process.executable") or "?") for e in chain)
@@ -208,7 +232,7 @@ class LogonActivityTool(EvidenceTool):
         query = scoped(ctx, EventQuery(filters=filters + [Filter(field="event.code", op="in", value=LOGON_CODES)],
                                        time_range=window, limit=2000))
         return record_search(ctx, tool=self.name, kind="logon_activity", entity_type=entity_type, entity=entity,
-                             run=lambda: ctx.runtime.siem.search(query), time_range=window)
+                             run=lambda: ctx.runtime.siem.search(query), time_range=window, rank=rank_logon)
 
     def addresses(self, host: str, window: TimeRange) -> tuple[Evidence, list[str]]:
         ctx = self.ctx
