@@ -163,7 +163,13 @@ def investigate(alert: str = typer.Option(..., "--alert", "-a", help="Alert JSON
         console.print(f"[red]bad alert input:[/red] {str(exc)[:800]}")
         raise typer.Exit(EXIT_ERROR) from None
     rt = _runtime(config)
-    cases = [investigate_alert(rt, a) for a in alerts]
+    cases = []
+    for item in alerts:
+        try:
+            cases.append(investigate_alert(rt, item))
+        except Exception as exc:  # noqa: BLE001 - the case is marked failed and audited; say why, briefly
+            console.print(f"[red]investigation of {item.id} failed:[/red] {type(exc).__name__}: {str(exc)[:500]}")
+            raise typer.Exit(EXIT_ERROR) from None
     _emit([_case_row(c) for c in cases], as_json, lambda: _cases_table(cases))
 
 
