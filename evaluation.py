@@ -9,6 +9,7 @@ against the ground truth. Metric definitions follow datasets/README.md.
 from __future__ import annotations
 
 import csv
+import re
 import json
 import logging
 import statistics
@@ -30,6 +31,11 @@ METRIC_KEYS = ("alerts", "tp_recall", "fp_rate", "accuracy", "host_recall", "hos
 
 class EvalError(RuntimeError):
     """The dataset folder does not have the expected layout."""
+
+
+def _tags(text: str | None) -> list[str]:
+    """ATT&CK tags as the CSV writes them: separated by spaces, commas or semicolons."""
+    return [t for t in re.split(r"[\s,;]+", text or "") if t]
 
 
 def _short(host: str) -> str:
@@ -101,7 +107,7 @@ def build_alert(connector: Any, row: dict[str, str], scope: str, rules_dir: Path
         if result.events:
             events = result.events
             break
-    techniques = [t.strip() for t in (row.get("attack_tags") or "").replace(";", ",").split(",") if t.strip()]
+    techniques = _tags(row.get("attack_tags"))
     entities = entities_from_events(events)
     if not entities.hosts:
         entities.hosts = [_short(row["host"])]
@@ -239,8 +245,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines += ["", "## Per technique", "", "| technique | alerts | correct | evidence complete |", "|---|---|---|---|"]
     by_tech: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        for tech in (r["techniques"] or "-").split(","):
-            by_tech[tech.strip() or "-"].append(r)
+        for tech in _tags(r["techniques"]) or ["-"]:
+            by_tech[tech.removeprefix("attack.").upper()].append(r)
     for tech, items in sorted(by_tech.items()):
         ok = sum(1 for r in items if (r["verdict"] in ESCALATED) == r["label"].startswith("TP"))
         complete = sum(1 for r in items if r["verification"] == "complete")
