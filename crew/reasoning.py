@@ -318,11 +318,14 @@ class Reasoner:
             if host in hunted and score >= 2:
                 confirmed.append(host)
 
+        # With two independent benign explanations of the alert's own process, other activity on the
+        # host (judged in its own alerts) does not stop this one from being closed.
+        weighed = sum(s.weight for s in malicious if self._is_direct(s)) if benign_score >= 5 else malice
         corroborated = malice >= CORROBORATION and len([s for s in malicious if s.weight >= 1.5]) >= 3
         if strong or corroborated or (confirmed and malice >= 3):
             verdict: Verdict = "malicious"
             confidence: Confidence = "high" if (strong or corroborated or confirmed) else "medium"
-        elif benign_score >= 3 and not [d for d in direct if d.weight >= 3] and malice <= benign_score / 2:
+        elif benign_score >= 3 and not [d for d in direct if d.weight >= 3] and weighed <= benign_score / 2:
             # Benign evidence (known software, prevalence, platform automation) must clearly outweigh
             # whatever weak oddities (a hidden window, a discovery command) the process shows.
             verdict, confidence = "benign", ("high" if benign_score >= 5 else "medium")
