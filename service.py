@@ -106,26 +106,26 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
             raise HTTPException(403, "invalid secret")
 
     def admit(alerts: list[Any], intake_key: str | None) -> JSONResponse:
+        """Admit every alert (idempotent by alert id, so a repeated hand-off finds its cases), then
+        record the intake key: a crash in between loses nothing, and a retry is a duplicate.
+        `accepted` counts alerts not seen before; one joining an open case is accepted, not new work."""
         runtime_ = rt()
-        if intake_key:
-            earlier = runtime_.cases.remember_intake(intake_key, [])
-            if earlier is not None:
-                return JSONResponse({"accepted": 0, "case_ids": earlier, "duplicate": True}, status_code=200)
         case_ids: list[str] = []
-        new = 0
+        accepted = 0
         for alert in alerts:
+            seen = runtime_.cases.known(alert)
             case, is_new = runtime_.cases.admit(alert)
             runtime_.audit.append("intake", "serve", {"alert": alert.id, "source": alert.source, "case": case.id,
                                                       "new": is_new}, case_id=case.id)
             if case.id not in case_ids:
                 case_ids.append(case.id)
+            accepted += not seen
             if is_new:
-                new += 1
                 state["worker"].submit(case.id)
         if intake_key:
-            runtime_.cases.update_intake(intake_key, case_ids)
-        duplicate = bool(alerts) and new == 0
-        return JSONResponse({"accepted": new, "case_ids": case_ids, "duplicate": duplicate},
+            runtime_.cases.remember_intake(intake_key, case_ids)  # a record; the alert ids do the deduplication
+        duplicate = bool(alerts) and accepted == 0
+        return JSONResponse({"accepted": accepted, "case_ids": case_ids, "duplicate": duplicate},
                             status_code=200 if duplicate else 202)
 
     @app.get("/healthz")
@@ -156,11 +156,11 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
 
     @app.post("/v1/alerts/elastic", dependencies=[Depends(shared_secret)])
     def post_elastic(body: Any = Body(...)) -> JSONResponse:
-        from siemcrew.connectors.elastic.intake import alerts_from_webhook
+        from siemcrew.connectors.elastic.intake import AlertDocError, alerts_from_webhook
 
         try:
             alerts = alerts_from_webhook(body)
-        except (ValidationError, ValueError) as exc:
+        except (ValidationError, ValueError, AlertDocError) as exc:  # AlertDocError: every unreadable body
             raise HTTPException(422, _errors(exc)) from None
         return admit(alerts, None)
 

@@ -38,7 +38,7 @@ from siemcrew.connectors.splunk.guard import READ_ONLY_COMMANDS, SplGuard
 from siemcrew.connectors.splunk.hec import HecClient, hec_record
 from siemcrew.connectors.splunk.mapping import default_mapping
 from siemcrew.connectors.splunk.search import SearchRunner
-from siemcrew.connectors.splunk.session import call_read, call_write, open_service
+from siemcrew.connectors.splunk.session import call_read, call_write, call_write_verified, open_service
 from siemcrew.crew.models import Alert, Case, TimeRange, canonical_json
 
 log = logging.getLogger("siemcrew.splunk")
@@ -87,7 +87,8 @@ class SplunkConnector:
             scope = query.scope if "=" in query.scope else f'index="{query.scope}"'
         dialect = SplDialect(self.mapping.to_splunk, scope=scope)
         spl = dialect.translate(query.model_copy(update={"limit": query.limit + 1}))
-        return self._run(spl, query.time_range, query.limit)
+        # an ungrouped EventQuery is `search ... | sort | head`: the job's eventCount is what matched
+        return self._run(spl, query.time_range, query.limit, count_matched=not query.group_by)
 
     def run_native(self, query: str, time_range: TimeRange | None = None, limit: int = 200) -> SearchResult:
         return self._run(self._searchable(query), time_range, limit)
@@ -134,15 +135,21 @@ class SplunkConnector:
             body = f"{scope} {body}"
         return f"search {body}"
 
-    def _run(self, spl: str, time_range: TimeRange | None, limit: int) -> SearchResult:
+    def _run(self, spl: str, time_range: TimeRange | None, limit: int, count_matched: bool = False) -> SearchResult:
+        """Run and map to ECS; `count_matched` reports the events the search matched (not just the
+        rows fetched) when the result is cut at `limit` and splunkd counted them."""
         self.guard.check(spl)
         earliest, latest = (_epoch(time_range.start), _epoch(time_range.end)) if time_range else (None, None)
-        rows = self.runner.rows(spl, earliest=earliest, latest=latest, max_rows=limit + 1)
+        found = self.runner.search(spl, earliest=earliest, latest=latest, max_rows=limit + 1)
+        rows = found.rows
+        total = len(rows)
+        if count_matched and total > limit and found.matched is not None:
+            total = max(total, found.matched)
         return SearchResult(
             connector=self.name,
             language=self.language,
             query=spl,
-            total=len(rows),
+            total=total,
             events=[self.mapping.to_ecs(row) for row in rows[:limit]],
             truncated=len(rows) > limit,
         )
@@ -192,10 +199,23 @@ class SplunkConnector:
             form["urgency"] = urgency
         if update.owner:
             form["newOwner"] = update.owner
-        response = call_write(
-            self.settings, lambda: self.service().post("/services/notable_update", **form), f"notable_update {event_id}"
-        )
-        _check_notable_answer(response.body.read(), event_id)
+
+        def send() -> None:
+            response = self.service().post("/services/notable_update", **form)
+            _check_notable_answer(response.body.read(), event_id)
+
+        call_write_verified(self.settings, send, lambda: self._notable_shows(alert, event_id, form),
+                            f"notable_update {event_id}")
+
+    def _notable_shows(self, alert: Alert, event_id: str, form: dict[str, Any]) -> bool:
+        """Whether the notable's review state already carries this update (status and comment)."""
+        moment = alert.timestamp.timestamp()
+        spl = f'search `notable` | search event_id="{_spl_quote(event_id)}" | head 1'
+        self.guard.check(spl)
+        rows = self.runner.rows(spl, earliest=_epoch_value(moment - 1), latest=_epoch_value(moment + 1), max_rows=1)
+        if not rows:
+            return False
+        return first(rows[0], "status") == form["status"] and first(rows[0], "comment") == form["comment"].strip()
 
     def publish_case(self, case: Case) -> None:
         record = hec_record(case, self.settings)
@@ -250,6 +270,10 @@ def _check_notable_answer(body: bytes, event_id: str) -> None:
         raise ConnectorError(f"splunk notable_update {event_id}: unreadable answer {body[:120]!r}") from None
     if not answer.get("success", False) or int(answer.get("failure_count", 0) or 0) > 0:
         raise ConnectorError(f"splunk notable_update {event_id}: {answer.get('message') or 'not updated'}")
+
+
+def _spl_quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _epoch(moment: datetime) -> str:

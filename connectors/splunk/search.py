@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from splunklib import client, results
@@ -27,6 +28,15 @@ Row = dict[str, Any]
 _BAD_MESSAGES = ("FATAL", "ERROR")
 
 
+@dataclass
+class SearchRows:
+    """The rows fetched, and how many events the search matched when splunkd says (a job's
+    `eventCount`; export streams do not say), so a capped fetch can still report the true count."""
+
+    rows: list[Row]
+    matched: int | None = None
+
+
 class SearchRunner:
     """Executes one search at a time per slot; `service` is called lazily so login happens on first use."""
 
@@ -36,10 +46,13 @@ class SearchRunner:
 
     # -- entry points ----------------------------------------------------------------------
     def rows(self, spl: str, *, earliest: str | None, latest: str | None, max_rows: int) -> list[Row]:
+        return self.search(spl, earliest=earliest, latest=latest, max_rows=max_rows).rows
+
+    def search(self, spl: str, *, earliest: str | None, latest: str | None, max_rows: int) -> SearchRows:
         params = _time_params(earliest, latest)
         with search_slots(self.settings):
             if self.settings.search.mode == "export":
-                return call_read(self.settings, lambda: self._export(spl, params, max_rows), "export")
+                return SearchRows(call_read(self.settings, lambda: self._export(spl, params, max_rows), "export"))
             job = call_read(self.settings, lambda: self._service().jobs.create(spl, **params), "create search job")
             return self._collect(job, max_rows)
 
@@ -54,20 +67,21 @@ class SearchRunner:
         params = {f"dispatch.{key}": value for key, value in _time_params(earliest, latest).items()}
         with search_slots(self.settings):
             job = call_read(self.settings, lambda: saved.dispatch(**params), f"dispatch {name!r}")
-            return self._collect(job, max_rows)
+            return self._collect(job, max_rows).rows
 
     # -- jobs ------------------------------------------------------------------------------
-    def _collect(self, job: client.Job, max_rows: int) -> list[Row]:
+    def _collect(self, job: client.Job, max_rows: int) -> SearchRows:
         try:
-            self._wait(job)
-            return self._pages(job, max_rows)
+            matched = self._wait(job)
+            return SearchRows(self._pages(job, max_rows), matched)
         finally:
             try:
                 job.cancel()
             except Exception as exc:  # best effort: the job expires with its ttl anyway
                 log.debug("splunk: could not cancel job %s: %s", job.sid, exc)
 
-    def _wait(self, job: client.Job) -> None:
+    def _wait(self, job: client.Job) -> int | None:
+        """Poll until done; the job's eventCount when it reports one."""
         deadline = time.monotonic() + self.settings.search.job_timeout_s
         while not call_read(self.settings, job.is_done, f"status of job {job.sid}"):
             if time.monotonic() > deadline:
@@ -79,6 +93,10 @@ class SearchRunner:
         if str(content.get("isFailed", "0")) == "1" or content.get("dispatchState") == "FAILED":
             detail = "; ".join(_flatten(content.get("messages"))) or "no message"
             raise ConnectorError(f"splunk: search job {job.sid} failed: {detail}")
+        try:
+            return int(content.get("eventCount"))
+        except (TypeError, ValueError):
+            return None
 
     def _pages(self, job: client.Job, max_rows: int) -> list[Row]:
         rows: list[Row] = []

@@ -3,7 +3,9 @@
 splunk-sdk's own defaults are unsafe for us (TLS verification off, no timeout), so the connection
 is built with an explicit `binding.handler`. Transient failures are retried with tenacity:
 reads on 503 (search quota) and connection errors; writes only when the failure proves the
-request was not applied (503 busy, connection refused), so nothing is written twice.
+request was not applied (503 busy, connection refused), so nothing is written twice. When the
+answer to a write is lost (timeout, dropped connection), the write is read back: applied is
+success, not applied stays an error (never sent blindly again).
 """
 
 from __future__ import annotations
@@ -82,6 +84,11 @@ def is_not_applied(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionRefusedError)
 
 
+def is_answer_lost(exc: BaseException) -> bool:
+    """The request went out but no answer came back: splunkd may or may not have applied it."""
+    return is_connection_error(exc) and not isinstance(exc, ConnectionRefusedError)
+
+
 def error_detail(exc: binding.HTTPError) -> str:
     """The first message splunkd put in an error body (XML or JSON), never the request."""
     body = exc.body if isinstance(exc.body, (bytes, str)) else b""
@@ -148,6 +155,34 @@ def call_read(settings: SplunkSettings, fn: Callable[[], T], what: str) -> T:
 def call_write(settings: SplunkSettings, fn: Callable[[], T], what: str) -> T:
     """A write: retried only when splunkd provably did not apply it."""
     return _call(settings, fn, what, is_not_applied)
+
+
+def call_write_verified(settings: SplunkSettings, fn: Callable[[], T], applied: Callable[[], bool], what: str) -> T | None:
+    """`call_write`, and when the last answer was lost, `applied()` reads back whether the write took
+    effect: if it did, that is success (None); if not, or if it cannot tell, the error stands."""
+    lost = False
+
+    def attempt() -> T:
+        nonlocal lost
+        try:
+            return fn()
+        except BaseException as exc:
+            lost = is_answer_lost(exc)
+            raise
+
+    try:
+        return call_write(settings, attempt, what)
+    except ConnectorError as exc:
+        if not lost:
+            raise
+        try:
+            done = applied()
+        except ConnectorError:
+            raise exc from None
+        if not done:
+            raise ConnectorError(f"{exc}; splunkd does not show the write, and it is not sent blindly again") from None
+        log.info("splunk %s: the answer was lost, but splunkd shows the write applied", what)
+        return None
 
 
 _SLOTS: dict[str, threading.BoundedSemaphore] = {}

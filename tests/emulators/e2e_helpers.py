@@ -17,17 +17,19 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
 import yaml
 
+from siemcrew.crew.timeutil import iso, parse_time
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 EXPECTED = json.loads((EXAMPLES / "expected.json").read_text(encoding="utf-8"))["alerts"]
-WEBHOOK_PAYLOAD = Path("/work/shared/reference/elastic/webhook_payload.json")
+WEBHOOK_PAYLOAD = REPO.parent / "shared" / "reference" / "elastic" / "webhook_payload.json"
 FINISHED = ("closed", "escalated", "failed", "awaiting_approval")
 
 
@@ -41,8 +43,8 @@ def expected_verdict(name: str) -> str:
 
 
 def verdict_class(verdict: str) -> str:
-    """benign, or attack (malicious and suspicious both mean: not to be closed)."""
-    return "benign" if verdict == "benign" else "attack"
+    """benign | attack (malicious and suspicious both mean: escalate, never close) | the verdict itself."""
+    return "attack" if verdict in ("malicious", "suspicious") else verdict
 
 
 def scenario_events(*names: str) -> list[dict[str, Any]]:
@@ -61,12 +63,10 @@ def scenario_events(*names: str) -> list[dict[str, Any]]:
     return events
 
 
-def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
 def shifted(timestamp: str, seconds: float) -> str:
-    moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    """An ISO timestamp moved by `seconds` (a detection comes a little after its event)."""
+    moment = parse_time(timestamp)
+    assert moment is not None, timestamp
     return iso(moment + timedelta(seconds=seconds))
 
 
@@ -136,30 +136,26 @@ def action_rows(name: str) -> list[dict[str, Any]]:
 
 # -- Elastic shapes -------------------------------------------------------------------------------
 def nest(flat: dict[str, Any]) -> dict[str, Any]:
-    """Flat dotted keys -> nested objects (what the webhook's `context.alerts.asJSON` renders)."""
+    """Flat dotted keys -> nested objects, as Beats ship ECS and the webhook's `asJSON` renders it."""
     out: dict[str, Any] = {}
     for key, value in flat.items():
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        if isinstance(node.get(parts[-1]), dict):
-            node[parts[-1]]["value"] = value
-        else:
-            node[parts[-1]] = value
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{key}: a parent of this field is itself a value")
+        node[parts[-1]] = value
     return out
 
 
 def security_alert(name: str, uuid: str, detected_after_s: float = 60.0) -> dict[str, Any]:
     """An Elastic Security alert document for a demo alert: the source event's ECS fields (nested)
-    plus `kibana.alert.*` as flat keys, like the alerts index stores them."""
+    plus `kibana.alert.*` as flat keys, like the alerts index stores them. `@timestamp` is when the
+    rule detected it, `kibana.alert.original_time` when the event happened."""
     alert = demo_alert(name)
     reference = json.loads(WEBHOOK_PAYLOAD.read_text(encoding="utf-8"))["alerts"][0]
-    source = {key: value for key, value in alert["event"].items() if not key.startswith("winlog.event_data.")}
-    doc = nest({k: v for k, v in source.items() if k != "@timestamp"})
+    doc = nest({k: v for k, v in alert["event"].items() if k != "@timestamp"})
     detected = shifted(alert["timestamp"], detected_after_s)
     threat = copy.deepcopy(reference["kibana"]["alert"]["rule"]["threat"])
     if alert.get("techniques"):
@@ -191,6 +187,14 @@ def security_alert(name: str, uuid: str, detected_after_s: float = 60.0) -> dict
         "event": {**doc.get("event", {}), "kind": "signal"},
     })
     return doc
+
+
+def ecs_mappings() -> dict[str, Any]:
+    """Index mappings for the typed ECS fields (as an ECS index template gives them); the rest is dynamic."""
+    data = yaml.safe_load((REPO / "config" / "mappings" / "elastic_field_types.yaml").read_text(encoding="utf-8"))
+    properties = {name: {"type": kind} for kind, names in (data.get("exact") or {}).items() for name in names}
+    properties.update({name: {"type": "text"} for name in data.get("text") or []})
+    return {"properties": properties}
 
 
 def webhook_body(docs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -17,6 +17,13 @@ Faults on demand with `fail_next(kind, n, **options)`:
   "hec_busy"    HEC answers 503 "Server is busy" (code 9) n times
   "status"      the next n requests whose path contains `path` get HTTP `code` (default 500)
   "garbage"     the next n requests whose path contains `path` get 200 with a body that is not JSON/XML
+  "lost_reply"  the next n requests whose path contains `path` are APPLIED, then the connection is closed
+                unanswered (a timeout as the client sees it: it cannot know whether the write happened)
+Every fault takes `after=k`: the first k matching requests pass untouched, so a fault can land in
+the middle of a run rather than on its first request.
+
+The credential store (`storage/passwords`, JSON) serves `passwords[(realm, username)]` to a valid
+session, as the Splunk app's alert action reads its serve token.
 """
 
 from __future__ import annotations
@@ -184,6 +191,7 @@ class SplunkdEmulator:
         hec_indexes: set[str] | None = None,
         saved_searches: list[SavedSearch] | None = None,
         now: float | None = None,
+        passwords: dict[tuple[str, str], str] | None = None,
     ) -> None:
         self.version = version
         self.users = users if users is not None else {"admin": "changeme"}
@@ -200,6 +208,7 @@ class SplunkdEmulator:
         self.notable_updates: list[dict[str, Any]] = []
         self.review: dict[str, dict[str, Any]] = {}
         self.saved = {s.name: s for s in (saved_searches or [])}
+        self.passwords = dict(passwords or {})
         self.logins = 0
         self.max_active_jobs = 0
         self._lock = threading.RLock()
@@ -299,11 +308,12 @@ class SplunkdEmulator:
 
     # -- faults ----------------------------------------------------------------------------
     def fail_next(self, kind: str, n: int = 1, **options: Any) -> None:
-        known = {"expire", "quota", "slow", "job_failed", "drop", "cut_export", "hec_busy", "status", "garbage"}
+        known = {"expire", "quota", "slow", "job_failed", "drop", "cut_export", "hec_busy", "status", "garbage",
+                 "lost_reply"}
         if kind not in known:
             raise ValueError(f"unknown fault {kind!r}; one of {sorted(known)}")
         with self._lock:
-            if kind == "expire":
+            if kind == "expire" and not options.get("after"):
                 self.sessions.clear()
             self.faults.append(Fault(kind, n, options))
 
@@ -311,6 +321,9 @@ class SplunkdEmulator:
         with self._lock:
             for fault in self.faults:
                 if fault.kind == kind and fault.remaining > 0 and fault.options.get("path", "") in path:
+                    if fault.options.get("after", 0) > 0:
+                        fault.options["after"] -= 1
+                        continue
                     fault.remaining -= 1
                     return fault
         return None
@@ -425,7 +438,13 @@ class _Handler(BaseHTTPRequestHandler):
             if status_fault:
                 code = int(status_fault.options.get("code", 500))
                 raise _Reply(code, xml_messages(f"Injected HTTP {code}"))
-            self._route(method, endpoint, ns, params, raw, log)
+            lost = self.app.take_fault("lost_reply", parts.path)
+            try:
+                self._route(method, endpoint, ns, params, raw, log)
+            except _Reply as reply:
+                if lost and not isinstance(reply, _Done):
+                    raise _Drop() from None
+                raise
         except _Done:
             log.status = 200
             return
@@ -494,6 +513,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._notable_update(params)
         if endpoint == "receivers/simple" and method == "POST":
             return self._receivers_simple(one, raw)
+        if segments[:2] == ["storage", "passwords"] and method == "GET":
+            return self._password(segments[2:])
         raise _Reply(404, xml_messages(f"Not Found: {endpoint}"))
 
     def _login(self, form: dict[str, str]) -> None:
@@ -722,6 +743,17 @@ class _Handler(BaseHTTPRequestHandler):
         message = f"{done} event{'s' if done != 1 else ''} updated successfully"
         raise _Reply(200, one_line({"success": done > 0 and failed == 0, "message": message, "details": {},
                                     "success_count": done, "failure_count": failed}), "application/json")
+
+    def _password(self, rest: list[str]) -> None:
+        """One credential-store entry by its `realm:username:` name (JSON, clear_password included)."""
+        realm, _, username = unquote(rest[0] if rest else "").rstrip(":").partition(":")
+        stored = self.app.passwords.get((realm, username))
+        if stored is None:
+            raise _Reply(404, xml_messages(f"In handler 'passwords': Could not find object id={realm}:{username}:"))
+        entry = {"name": f"{realm}:{username}:", "content": {"clear_password": stored, "password": "********",
+                                                             "realm": realm, "username": username}}
+        raise _Reply(200, one_line({"entry": [entry], "paging": {"total": 1, "perPage": 30, "offset": 0}}),
+                     "application/json")
 
     def _receivers_simple(self, form: dict[str, str], raw: bytes) -> None:
         self.app.receiver_events.append({"params": form, "body": raw.decode("utf-8", "replace")})
