@@ -47,6 +47,10 @@ class ActionExecutor:
 
     def _dispatch(self, case: Case, proposal: ActionProposal, comment: str) -> tuple[Any, str, str, str | None]:
         action = proposal.action
+        if action == "escalate":
+            # The hand-over to a human is the case's own state (published with the case); the alert's
+            # status is written once, by update_alert.
+            return "done", "case", f"case escalated for human review ({proposal.args.get('severity', 'medium')})", None
         if action in SIEM_ACTIONS:
             return self._siem(case, proposal, comment)
         if action in ENDPOINT_ACTIONS and self.rt.settings.executor == "edr":
@@ -60,8 +64,6 @@ class ActionExecutor:
         alert = next((a for a in case.alerts if a.id == proposal.target), case.alert)
         if proposal.action == "close_alert":
             status = "closed"
-        elif proposal.action == "escalate":
-            status = "escalated"
         else:
             status = str(proposal.args.get("status", "in_progress"))
         update = AlertUpdate(status=status if status in ("in_progress", "acknowledged", "closed", "escalated") else "escalated",

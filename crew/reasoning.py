@@ -98,20 +98,30 @@ class Reasoner:
         return out
 
     def known_software_signals(self) -> list[Signal]:
+        """Known software in the alert's own process, its ancestry, or the service it installed."""
         out: list[Signal] = []
+        if self.inventory is None:
+            return out
         own = (self.alert.process.executable or "").lower() if self.alert.process else ""
+        own_service = str(self.alert.event.get("service.name") or "").lower()
         for item, row in _rows(self.by_kind.get("process_lineage", []) + self.by_kind.get("alert_events", [])):
-            if item.kind == "alert_events" and str(row.get("process.executable") or "").lower() != own:
-                continue  # only the alert's own process and its ancestry can be explained away
             if item.entity_type == "process_children":
                 continue
+            service = str(row.get("service.name") or "")
+            if item.kind == "alert_events":
+                same_process = bool(own) and str(row.get("process.executable") or "").lower() == own
+                same_service = bool(own_service) and service.lower() == own_service
+                if not (same_process or same_service):
+                    continue  # other events in the alert window explain nothing about this alert
+            if service:
+                known = self.inventory.known_service(service)
+                if known:
+                    out.append(Signal("known_software", 3, item.id, f"service {service} is {known.name}", self.host, True))
             for key in ("process.executable", "process.parent.executable", "service.executable"):
                 path = row.get(key)
-                if path and self.inventory is not None:
-                    known = self.inventory.known_software(str(path))
-                    if known:
-                        name = getattr(known, "name", str(known))
-                        out.append(Signal("known_software", 3, item.id, f"{path} is {name}", self.host, True))
+                known = self.inventory.known_software(str(path)) if path else None
+                if known:
+                    out.append(Signal("known_software", 3, item.id, f"{path} is {known.name}", self.host, True))
         return out
 
     def sanctioned_tool_signals(self) -> list[Signal]:
@@ -154,13 +164,14 @@ class Reasoner:
     def prevalence_signals(self) -> list[Signal]:
         out: list[Signal] = []
         proc = self.alert.process
-        cmd = proc.command_line if proc else None
+        own = {proc.command_line if proc else None, self.alert.event.get("service.name")} - {None, ""}
         for value, entry in self.prevalence().items():
-            if entry["type"] != "process" or value != cmd:
+            if entry["type"] not in ("process", "service") or value not in own:
                 continue
             if entry["n_hosts"] >= self.ind.min_hosts or entry["days"] >= self.ind.min_days:
-                detail = f"command line seen on {entry['n_hosts']} host(s) over {entry['days']:.1f} day(s)"
-                out.append(Signal("prevalent_command_line", 3, entry["ids"][0], detail, self.host, True))
+                what = "command line" if entry["type"] == "process" else "service"
+                detail = f"{what} seen on {entry['n_hosts']} host(s) over {entry['days']:.1f} day(s)"
+                out.append(Signal(f"prevalent_{what.replace(' ', '_')}", 3, entry["ids"][0], detail, self.host, True))
         return out
 
     def rare_external(self) -> list[tuple[str, str]]:

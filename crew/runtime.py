@@ -190,11 +190,16 @@ class Runtime:
             results.append(executor.execute(case, proposal, approval))
         case.results = results
         if auto_only:
+            case.status = "awaiting_approval"
+            self.publish(case)  # the SIEM sees the case while it waits for a human
             return
         if case.verdict == "benign" and any(r.action == "close_alert" and r.state == "done" for r in results):
             case.status = "closed"
         else:
             case.status = "escalated"
+        self.publish(case)
+
+    def publish(self, case: Case) -> None:
         try:
             self.siem.publish_case(case)
             self.audit.append("publish", "system", {"case": case.id, "connector": self.siem.name}, case_id=case.id)

@@ -264,7 +264,8 @@ def test_run_investigates_notables_writes_verdicts_back_and_honours_the_checkpoi
         decided = _cli("approve" if p["action"] == "isolate_host" else "deny", attack["id"], p["action"],
                        "--target", p["target"], "--by", "alice", "--reason", "reviewed", "--config", config, "--json")
         assert decided.returncode == 0, decided.stderr[-2000:]
-    assert [e["status"] for e in _hec_cases(splunkd)[attack["id"]]] == ["escalated"]
+    # published once while waiting for the human, once when finished
+    assert [e["status"] for e in _hec_cases(splunkd)[attack["id"]]] == ["awaiting_approval", "escalated"]
 
     updates, hec = len(splunkd.notable_updates), len(splunkd.hec_events)
     second = _summary(_cli("run", "--json", "--config", config))
