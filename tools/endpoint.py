@@ -38,35 +38,46 @@ def _record(ctx: Any, tool: str, kind: str, host: str, vendor: str, query: str,
     return item
 
 
-class EndpointContextTool(EvidenceTool):
+class EndpointTool(EvidenceTool):
+    """Runs one EDR read for a host and records it; hosts no EDR covers are said so, not failed."""
+
+    kind: str = "endpoint"
+
+    def fetch(self, edr: Any, host: str, **kwargs: Any) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def investigate(self, host: str, **kwargs: Any) -> tuple[list[Evidence], str]:
+        edr = _edr(self.ctx, host)
+        if edr is None:
+            return [], f"no EDR covers {host}"
+        label = f"{edr.name}:{self.name}({host}{''.join(f',{v}' for v in kwargs.values() if v is not None)})"
+        return [_record(self.ctx, self.name, self.kind, host, edr.name, label,
+                        lambda: self.fetch(edr, host, **kwargs))], ""
+
+
+class EndpointContextTool(EndpointTool):
     name: str = "endpoint_context"
     description: str = "EDR view of a host: online, OS, containment state, logged-on users, open detections."
+    kind: str = "endpoint_context"
 
     class Args(BaseModel):
         host: str
 
     args_schema: type[BaseModel] = Args
 
-    def investigate(self, host: str) -> tuple[list[Evidence], str]:
-        ctx = self.ctx
-        edr = _edr(ctx, host)
-        if edr is None:
-            return [], f"no EDR covers {host}"
-
-        def run() -> list[dict[str, Any]]:
-            ref = edr.find_host(name=host)
-            if ref is None:
-                return []
-            context = edr.host_context(ref)
-            detections = edr.detections(ref, ctx.window())
-            return [context.model_dump(mode="json") | {"detections_in_window": len(detections)}]
-
-        return [_record(ctx, self.name, "endpoint_context", host, edr.name, f"{edr.name}:host_context({host})", run)], ""
+    def fetch(self, edr: Any, host: str, **kwargs: Any) -> list[dict[str, Any]]:
+        ref = edr.find_host(name=host)
+        if ref is None:
+            return []
+        context = edr.host_context(ref)
+        detections = edr.detections(ref, self.ctx.window())
+        return [context.model_dump(mode="json") | {"detections_in_window": len(detections)}]
 
 
-class ProcessTreeTool(EvidenceTool):
+class ProcessTreeTool(EndpointTool):
     name: str = "process_tree"
     description: str = "Process events from the EDR on a host around the alert time (optionally one pid)."
+    kind: str = "process_tree"
 
     class Args(BaseModel):
         host: str
@@ -74,17 +85,9 @@ class ProcessTreeTool(EvidenceTool):
 
     args_schema: type[BaseModel] = Args
 
-    def investigate(self, host: str, pid: int | None = None) -> tuple[list[Evidence], str]:
-        ctx = self.ctx
-        edr = _edr(ctx, host)
-        if edr is None:
-            return [], f"no EDR covers {host}"
-
-        def run() -> list[dict[str, Any]]:
-            ref = edr.find_host(name=host)
-            return edr.process_events(ref, ctx.window(), pid) if ref else []
-
-        return [_record(ctx, self.name, "process_tree", host, edr.name, f"{edr.name}:process_events({host},{pid})", run)], ""
+    def fetch(self, edr: Any, host: str, **kwargs: Any) -> list[dict[str, Any]]:
+        ref = edr.find_host(name=host)
+        return edr.process_events(ref, self.ctx.window(), kwargs.get("pid")) if ref else []
 
 
 def endpoint_tools(ctx: Any, names: list[str]) -> list[EvidenceTool]:
