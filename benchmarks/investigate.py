@@ -44,17 +44,20 @@ def demo_investigations(rounds: int) -> dict[str, float]:
 
     alerts = [Alert.model_validate_json(p.read_text(encoding="utf-8"))
               for p in sorted((ROOT / "examples" / "alerts").glob("*.json"))]
+    def runtime() -> Runtime:  # a fresh home per round: every alert is a new case, never a grouped one
+        return Runtime(Settings.load(ROOT / "examples" / "demo.yaml", home=tempfile.mkdtemp(prefix="bench-")))
+
     started = time.perf_counter()
-    rt = Runtime(Settings.load(ROOT / "examples" / "demo.yaml", home=tempfile.mkdtemp(prefix="bench-")))
-    investigate(rt, alerts[0].model_copy(update={"id": "warm-up"}))  # start-up: imports, first crew
+    investigate(runtime(), alerts[0])  # start-up: imports, store load, first crew
     startup = time.perf_counter() - started
     seconds: list[float] = []
-    for round_ in range(rounds):
+    for _ in range(rounds):
+        rt = runtime()
         for alert in alerts:
-            fresh = alert.model_copy(update={"id": f"{alert.id}-r{round_}"})
             t = time.perf_counter()
-            investigate(rt, fresh)
+            case = investigate(rt, alert)
             seconds.append(time.perf_counter() - t)
+            assert case.status != "new", case.id
     return {"startup_s": round(startup, 3), "investigations": len(seconds),
             "median_s": round(statistics.median(seconds), 3), "p95_s": percentile(seconds, 0.95)}
 
