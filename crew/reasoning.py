@@ -329,9 +329,9 @@ class Reasoner:
             if host in hunted and score >= 2:
                 confirmed.append(host)
 
-        # With two independent benign explanations of the alert's own process, other activity on the
-        # host (judged in its own alerts) does not stop this one from being closed.
-        weighed = sum(s.weight for s in malicious if self._is_direct(s)) if benign_score >= 5 else malice
+        # With a positive benign explanation of the alert's own process, what else happened on the host
+        # (judged in its own alerts) does not stop this one from being closed; its own process tree does.
+        weighed = sum(s.weight for s in malicious if self._is_direct(s)) if benign_score >= 3 else malice
         corroborated = malice >= CORROBORATION and len([s for s in malicious if s.weight >= 1.5]) >= 3
         if strong or corroborated or (confirmed and malice >= 3):
             verdict: Verdict = "malicious"

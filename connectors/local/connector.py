@@ -13,9 +13,9 @@ import re
 import sqlite3
 import tempfile
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from siemcrew.connectors.base import (
     AlertBatch,
@@ -47,6 +47,11 @@ def _parse_doc(text: str) -> dict[str, Any]:
     except (TypeError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+MISSING_COLUMN = re.compile(r"no such column: \"?([^\"\s]+)\"?")
+MISSING_COLUMN_RETRIES = 16
+T = TypeVar("T")
 
 
 class LocalConnector:
@@ -161,8 +166,25 @@ class LocalConnector:
     def run_sigma(
         self, rule_yaml: str, time_range: TimeRange | None = None, limit: int = 200, scope: str | None = None
     ) -> SearchResult:
-        """Convert with pySigma's sqlite backend (variants in sigma_local.yaml) and run over the store."""
-        return self._run(self.sigma_sql(rule_yaml, time_range, scope), limit, "sigma")
+        """Convert with pySigma's sqlite backend (variants in sigma_local.yaml) and run over the store.
+
+        A field no loaded event carries is no error: it is added as an empty column, so the rule
+        simply matches nothing there (as it would on a SIEM without that field).
+        """
+        sql = self.sigma_sql(rule_yaml, time_range, scope)
+        return self._absent_fields_are_empty(lambda: self._run(sql, limit, "sigma"))
+
+    def _absent_fields_are_empty(self, run: Callable[[], T]) -> T:
+        """Rules name fields no loaded event carries; add them as empty columns and run again."""
+        for _ in range(MISSING_COLUMN_RETRIES):
+            try:
+                return run()
+            except ConnectorError as exc:
+                missing = MISSING_COLUMN.search(str(exc))
+                if not missing:
+                    raise
+                self.store.ensure_columns([missing.group(1)])
+        return run()
 
     # -- alerts --------------------------------------------------------------------------------
     def _rule_files(self) -> list[Path]:
@@ -182,7 +204,8 @@ class LocalConnector:
                 text = path.read_text(encoding="utf-8")
                 sql = self.sigma_sql(text)
                 meta = self.sigma.convert(text).meta.model_copy(update={"path": str(path)})
-                names, rows = self.store.query(sql, max_rows=MAX_RULE_HITS + 1)
+                names, rows = self._absent_fields_are_empty(
+                    lambda: self.store.query(sql, max_rows=MAX_RULE_HITS + 1))
             except (OSError, UnicodeDecodeError, ConnectorError) as exc:
                 log.warning("skipped Sigma rule %s: %s", path, exc)
                 self.alert_problems.append((str(path), str(exc)))
