@@ -101,3 +101,23 @@ def test_rule_index_skips_unreadable_files(tmp_path):
     )
     index = sigma_rule_index(tmp_path)
     assert [(m.title, m.techniques, m.tactics) for m in index] == [("Ok", ["T1059.001"], ["execution"])]
+
+
+def test_rule_on_a_field_no_event_carries_matches_nothing_instead_of_failing() -> None:
+    from siemcrew.connectors.local.connector import LocalConnector
+    from siemcrew.connectors.local.store import EventStore
+
+    store = EventStore(":memory:")
+    rule = """
+title: Needs a field nobody logged
+id: 2f6c8a2e-2a7e-4c55-9d7c-3b2f0a1e9f01
+logsource: {product: windows, service: security}
+detection:
+  selection: {EventID: 4697, ServiceFileNameThatNoEventHas: '*powershell*'}
+  condition: selection
+level: high
+"""
+    connector = LocalConnector(store)
+    result = connector.run_sigma(rule)
+    assert result.total == 0 and result.events == []
+    assert "servicefilenamethatnoeventhas" in {c.lower() for c in connector.store.columns()}
