@@ -45,9 +45,25 @@ class EvidenceRequirements:
 
     def required(self, case: Case) -> list[str]:
         if case.verdict == "benign":
-            return self.benign_requires
-        cat = self.category(case.alert.techniques, case.alert.tactics)
-        return list((self.categories.get(cat) or self.categories.get("default") or {}).get("required") or [])
+            kinds = list(self.benign_requires)
+        else:
+            cat = self.category(case.alert.techniques, case.alert.tactics)
+            kinds = list((self.categories.get(cat) or self.categories.get("default") or {}).get("required") or [])
+        if "process_lineage" in kinds and not names_a_process(case):
+            # An alert about an account or a connection, with no process anywhere near it: its story is
+            # told by logons, not by a process tree.
+            kinds = [k for k in kinds if k != "process_lineage"]
+            if "logon_activity" not in kinds:
+                kinds.append("logon_activity")
+        return kinds
+
+
+def names_a_process(case: Case) -> bool:
+    proc = case.alert.process
+    if proc and (proc.executable or proc.pid is not None or proc.entity_id):
+        return True
+    return any(row.get("process.executable") or row.get("process.pid") not in (None, "")
+               for e in case.evidence if e.kind in ("alert_events", "host_activity") for row in e.sample)
 
 
 def _matches(entity_type: str, wanted: str, item_entity: str | None) -> bool:

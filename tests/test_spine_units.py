@@ -187,3 +187,14 @@ def test_audit_tampering_is_caught_by_the_cli(tmp_path: Path) -> None:
 def test_demo_alerts_are_valid_examples() -> None:
     for path in (EXAMPLES / "alerts").glob("*.json"):
         Alert.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def test_alerts_without_any_process_need_logon_evidence_instead_of_a_process_tree() -> None:
+    req = EvidenceRequirements.load(CONFIG_DIR / "evidence.yaml")
+    account_alert = _alert(process=None, techniques=["T1558.003"])
+    case = Case(id="k", alerts=[account_alert], verdict="suspicious")
+    case.evidence = [_ev("host_activity", "WS-1", [{"event.code": "4769", "user.name": "bob"}])]
+    kinds = req.required(case)
+    assert "process_lineage" not in kinds and "logon_activity" in kinds
+    case.evidence = [_ev("host_activity", "WS-1", [{"event.code": "1", "process.executable": "C:\\x.exe"}])]
+    assert "process_lineage" in req.required(case)
