@@ -113,8 +113,8 @@ def demo(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
         if pending:
             _pending_table(pending)
             first = pending[0]
-            console.print(f"Approve with: siemcrew approve {first.case_id} {first.action} --by you --reason '...' "
-                          f"--config {config} (home {home})")
+            console.print(f"Decide with: SIEMCREW_HOME={home.resolve()} siemcrew approve {first.case_id} "
+                          f"{first.action} --target {first.target} --by you --reason '...' --config {config}")
     _emit({"summary": summary.as_dict(), "cases": [_case_row(c) for c in cases],
            "pending": [p.model_dump(mode="json") for p in pending]}, as_json, human)
     raise typer.Exit(EXIT_PARTIAL if summary.failed else EXIT_OK)
