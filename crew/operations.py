@@ -20,7 +20,13 @@ from siemcrew.crew.approvals import ApprovalError
 from siemcrew.crew.models import Alert, Approval, Case
 from siemcrew.crew.runtime import Runtime
 
-FINISHED = ("closed", "escalated", "failed")
+FINISHED = ("closed", "escalated")
+MAX_ATTEMPTS = 3  # a case whose flow crashed is tried again, this many times in all
+
+
+def retryable(case: Case) -> bool:
+    failures = sum(1 for t in case.timeline if t.event == "failed")
+    return case.status in ("new", "investigating") or (case.status == "failed" and failures < MAX_ATTEMPTS)
 
 
 class LockBusy(RuntimeError):
@@ -54,7 +60,7 @@ def investigate(rt: Runtime, alert: Alert) -> Case:
     case, is_new = rt.cases.admit(alert)
     rt.audit.append("intake", "intake", {"alert": alert.id, "source": alert.source, "case": case.id,
                                           "new": is_new}, case_id=case.id)
-    if case.status in FINISHED or case.status == "awaiting_approval":
+    if not retryable(case):
         return case
     return run_case(rt, case)
 
@@ -66,6 +72,8 @@ def run_case(rt: Runtime, case: Case) -> Case:
     flow = flow_cls(persistence=rt.flow_persistence)
     flow._runtime = rt
     try:
+        if case.flow_id and rt.flow_persistence.load_state(case.flow_id) is None:
+            case.flow_id = None  # it crashed before its first step was saved: start again from the top
         if case.flow_id:
             # A crash left this case mid-flow: restore the last snapshot and run again from the start;
             # evidence is content-addressed and actions go through the ledger, so nothing repeats.
@@ -189,7 +197,8 @@ def run(rt: Runtime, limit: int = 100, progress: Callable[[Alert], None] | None 
     """
     summary = RunSummary()
     with run_lock(rt.settings.home_path / "run.lock"):
-        for case in rt.cases.list(status="investigating") + rt.cases.list(status="new"):
+        unfinished = rt.cases.list(status="investigating") + rt.cases.list(status="new") + rt.cases.list(status="failed")
+        for case in (c for c in unfinished if retryable(c)):
             try:
                 run_case(rt, case)
             except Exception as exc:  # noqa: BLE001 - summarized, the run continues

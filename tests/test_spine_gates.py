@@ -180,6 +180,12 @@ def test_llm_brain_is_budgeted_and_on_the_record(tmp_path: Path) -> None:
     assert case.status == "failed"
     kinds = _audit_kinds(rt)
     assert "llm_call" in kinds and "llm_budget_exceeded" in kinds
+    # a crashed case is tried again by the next intake or run, a bounded number of times
+    for _ in range(2):
+        with pytest.raises(Exception, match="budget"):
+            investigate(rt, alert)
+    final = investigate(rt, alert)
+    assert final.status == "failed" and sum(1 for t in final.timeline if t.event == "failed") == 3
 
 
 def test_well_behaved_llm_brain_completes_a_case(tmp_path: Path) -> None:
