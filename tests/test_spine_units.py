@@ -198,3 +198,19 @@ def test_alerts_without_any_process_need_logon_evidence_instead_of_a_process_tre
     assert "process_lineage" not in kinds and "logon_activity" in kinds
     case.evidence = [_ev("host_activity", "WS-1", [{"event.code": "1", "process.executable": "C:\\x.exe"}])]
     assert "process_lineage" in req.required(case)
+
+
+def test_doctor_passes_on_the_demo_and_names_a_broken_policy(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"home: {tmp_path / 'home'}\nlocal: {{events: ['{EXAMPLES / 'events' / 'wmi_dc.ndjson'}']}}\n",
+                      encoding="utf-8")
+    ok = run_cli("doctor", "--config", str(config), "--json")
+    assert ok.returncode == 0, ok.stdout + ok.stderr[-1000:]
+    assert json.loads(ok.stdout)["ok"] is True
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("actions:\n  isolate_host: {approval: sometimes}\n", encoding="utf-8")
+    config.write_text(config.read_text(encoding="utf-8") + f"policy_file: {policy}\n", encoding="utf-8")
+    bad = run_cli("doctor", "--config", str(config), "--json")
+    assert bad.returncode == 1
+    rows = {r["check"]: r for r in json.loads(bad.stdout)["checks"]}
+    assert not rows["policy / evidence / assets"]["ok"] and "approval" in rows["policy / evidence / assets"]["detail"]
