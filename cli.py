@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_LOCKED, EXIT_PARTIAL, EXIT_AUDIT, EXIT_APPROVAL, EXIT_QUALITY = range(8)
@@ -39,6 +40,7 @@ def _out() -> Any:
     return _STDOUT[0]
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: $SIEMCREW_CONFIG or built-in local).")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable JSON on stdout.")
+ShaOpt = typer.Option(None, "--sha", help="The arguments' sha256 (or a prefix) you reviewed; refused if they changed.")
 
 
 def _settings(config: Optional[Path], **overrides: Any) -> Any:
@@ -58,7 +60,9 @@ def _runtime(config: Optional[Path], **overrides: Any) -> Any:
     try:
         return Runtime(settings)
     except Exception as exc:  # noqa: BLE001 - report any start-up failure as a clear error
-        console.print(f"[red]cannot start:[/red] {type(exc).__name__}: {exc}")
+        from siemcrew.config.settings import describe_error
+
+        console.print("[red]cannot start:[/red]", escape(f"{type(exc).__name__}: {describe_error(exc)}"))
         raise typer.Exit(EXIT_ERROR) from None
 
 
@@ -89,10 +93,11 @@ def _cases_table(cases: list[Any], title: str = "cases") -> None:
 
 def _pending_table(pending: list[Any]) -> None:
     table = Table(title="approvals awaiting a decision")
-    for col in ("case", "action", "target", "args sha256", "requested", "why"):
+    for col in ("case", "action", "target", "arguments", "args sha256", "requested", "why"):
         table.add_column(col)
     for p in pending:
-        table.add_row(p.case_id, p.action, p.target, p.args_sha256[:12], str(p.requested_at)[:19], p.reason[:60])
+        table.add_row(p.case_id, p.action, p.target, escape(json.dumps(p.args, sort_keys=True)), p.args_sha256[:12],
+                      str(p.requested_at)[:19], escape(p.reason[:60]))
     Console(file=_out()).print(table)
 
 
@@ -133,6 +138,14 @@ def _run_with_progress(rt: Any, as_json: bool, limit: int = 100) -> Any:
     except LockBusy as exc:
         console.print(f"[yellow]{exc}[/yellow]")
         raise typer.Exit(EXIT_LOCKED) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. the SIEM is down: say so, in the summary too
+        from siemcrew.config.settings import describe_error
+
+        detail = f"{type(exc).__name__}: {describe_error(exc)}"[:1000]
+        console.print("[red]run failed:[/red]", escape(detail))
+        if as_json:
+            _out().write(json.dumps({"error": detail, "fetched": 0, "investigated": 0}) + "\n")
+        raise typer.Exit(EXIT_ERROR) from None
     return summary
 
 
@@ -234,13 +247,13 @@ def approvals(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> No
 
 
 def _decide(decision: str, case_id: str, action: str, by: str, reason: str, target: Optional[str],
-            config: Optional[Path], as_json: bool) -> None:
+            config: Optional[Path], as_json: bool, sha: Optional[str] = None) -> None:
     from siemcrew.crew.approvals import ApprovalError
     from siemcrew.crew.operations import decide
 
     rt = _runtime(config)
     try:
-        approval, case = decide(rt, case_id, action, decision, by=by, reason=reason, target=target)
+        approval, case = decide(rt, case_id, action, decision, by=by, reason=reason, target=target, sha256=sha)
     except (ApprovalError, KeyError) as exc:
         console.print(f"[red]{decision} refused:[/red] {exc}")
         raise typer.Exit(EXIT_APPROVAL) from None
@@ -251,17 +264,17 @@ def _decide(decision: str, case_id: str, action: str, by: str, reason: str, targ
 @app.command()
 def approve(case_id: str, action: str, by: str = typer.Option(..., help="Who approves."),
             reason: str = typer.Option(..., help="Why."), target: Optional[str] = typer.Option(None),
-            config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+            sha: Optional[str] = ShaOpt, config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Approve a pending action; binds to its exact arguments; resumes the case when none is left."""
-    _decide("approve", case_id, action, by, reason, target, config, as_json)
+    _decide("approve", case_id, action, by, reason, target, config, as_json, sha)
 
 
 @app.command()
 def deny(case_id: str, action: str, by: str = typer.Option(..., help="Who denies."),
          reason: str = typer.Option(..., help="Why."), target: Optional[str] = typer.Option(None),
-         config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+         sha: Optional[str] = ShaOpt, config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Deny a pending action; the case resumes without it when no decision is left."""
-    _decide("deny", case_id, action, by, reason, target, config, as_json)
+    _decide("deny", case_id, action, by, reason, target, config, as_json, sha)
 
 
 @app.command()

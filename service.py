@@ -24,9 +24,10 @@ log = logging.getLogger("siemcrew.serve")
 
 
 class Decision(BaseModel):
-    by: str = Field(min_length=1)
+    by: str | None = Field(default=None, description="must be the authenticated approver, if given")
     reason: str = Field(min_length=1)
     target: str | None = None
+    args_sha256: str | None = Field(default=None, description="the arguments the approver reviewed")
 
 
 class Worker:
@@ -40,9 +41,12 @@ class Worker:
         self.idle.set()
 
     def start(self) -> None:
-        for status in ("new", "investigating"):
+        from siemcrew.crew.operations import retryable
+
+        for status in ("new", "investigating", "failed"):
             for case in self.rt.cases.list(status=status):
-                self.queue.put(case.id)
+                if retryable(case):
+                    self.queue.put(case.id)
         self.thread.start()
 
     def submit(self, case_id: str) -> None:
@@ -54,7 +58,7 @@ class Worker:
         self.thread.join(timeout=30)
 
     def _loop(self) -> None:
-        from siemcrew.crew.operations import run_case
+        from siemcrew.crew.operations import retryable, run_case
 
         while True:
             case_id = self.queue.get()
@@ -62,7 +66,7 @@ class Worker:
                 return
             try:
                 case = self.rt.cases.get(case_id)
-                if case.status in ("new", "investigating"):
+                if retryable(case):
                     run_case(self.rt, case)
             except Exception:  # noqa: BLE001 - the case is marked failed by run_case; keep serving
                 log.exception("investigation of %s failed", case_id)
@@ -97,6 +101,17 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
             raise HTTPException(401, "bearer token required", headers={"WWW-Authenticate": "Bearer"})
         if not expected or not hmac.compare_digest(authorization[7:].strip().encode(), expected.encode()):
             raise HTTPException(403, "invalid token")
+
+    def approver(authorization: str | None = Header(default=None)) -> str:
+        """The approver this token belongs to; only configured approvers may decide."""
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise HTTPException(401, "approver token required", headers={"WWW-Authenticate": "Bearer"})
+        presented = authorization[7:].strip().encode()
+        for name, env in settings.serve.approvers.items():
+            expected = secret(env)
+            if expected and hmac.compare_digest(presented, expected.encode()):
+                return name
+        raise HTTPException(403, "not an approver token")
 
     def shared_secret(x_siemcrew_secret: str | None = Header(default=None)) -> None:
         expected = secret(settings.serve.webhook_secret_env)
@@ -139,7 +154,7 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
         items = body if isinstance(body, list) else [body]
         try:
             alerts = [Alert.model_validate(item) for item in items]
-        except ValidationError as exc:
+        except (ValidationError, ValueError, TypeError, OverflowError) as exc:
             raise HTTPException(422, _errors(exc)) from None
         return admit(alerts, None)
 
@@ -150,7 +165,7 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
         try:
             handoff = SplunkActionHandoff.model_validate(body)
             alerts = alerts_from_handoff(handoff)
-        except (ValidationError, ValueError) as exc:
+        except (ValidationError, ValueError, TypeError, OverflowError) as exc:
             raise HTTPException(422, _errors(exc)) from None
         return admit(alerts, f"splunk:{handoff.sid}")
 
@@ -190,13 +205,17 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
     def approvals() -> list[dict[str, Any]]:
         return [p.model_dump(mode="json") for p in rt().approvals.pending()]
 
-    @app.post("/v1/cases/{case_id}/actions/{action}/{decision}", dependencies=[Depends(bearer)])
-    def decide_action(case_id: str, action: str, decision: Literal["approve", "deny"], body: Decision) -> dict[str, Any]:
+    @app.post("/v1/cases/{case_id}/actions/{action}/{decision}")
+    def decide_action(case_id: str, action: str, decision: Literal["approve", "deny"], body: Decision,
+                      who: str = Depends(approver)) -> dict[str, Any]:
         from siemcrew.crew.approvals import ApprovalError
         from siemcrew.crew.operations import decide
 
+        if body.by is not None and body.by != who:
+            raise HTTPException(403, f"this token belongs to {who}, not {body.by}")
         try:
-            approval, case = decide(rt(), case_id, action, decision, by=body.by, reason=body.reason, target=body.target)
+            approval, case = decide(rt(), case_id, action, decision, by=who, reason=body.reason,
+                                    target=body.target, sha256=body.args_sha256)
         except KeyError:
             raise HTTPException(404, f"no case {case_id}") from None
         except ApprovalError as exc:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_DIR = Path(__file__).resolve().parent
@@ -21,6 +21,16 @@ EXAMPLES_DIR = PACKAGE_DIR / "examples"
 
 class SettingsError(ValueError):
     """The configuration is invalid; the message names the offending key or file."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """A configuration error for people: locations and messages, never the offending input values
+    (pydantic would echo them, and they can be URLs with passwords or API keys)."""
+    if isinstance(exc, ValidationError):
+        parts = [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}"
+                 for e in exc.errors(include_input=False, include_url=False)]
+        return "; ".join(parts)
+    return str(exc)
 
 
 def secret(env: str | None = None, file: str | Path | None = None) -> str | None:
@@ -73,6 +83,9 @@ class ServeSettings(Section):
     port: int = 8787
     token_env: str = "SIEMCREW_SERVE_TOKEN"
     webhook_secret_env: str = "SIEMCREW_WEBHOOK_SECRET"
+    # Approvers over HTTP: name -> env var holding that person's token. The intake token (which the
+    # Splunk app also holds) can never approve; no approvers configured means no HTTP approvals.
+    approvers: dict[str, str] = Field(default_factory=dict)
     workers: int = 1
 
 
@@ -142,7 +155,7 @@ class Settings(BaseSettings):
         except SettingsError:
             raise
         except ValueError as exc:
-            raise SettingsError(f"invalid configuration: {exc}") from None
+            raise SettingsError(f"invalid configuration: {describe_error(exc)}") from None
         settings._resolve_paths(base)
         return settings
 

@@ -112,6 +112,13 @@ class CaseStore:
             self._save(db, case)
 
     def _save(self, db: sqlite3.Connection, case: Case) -> None:
+        # Alerts grouped into the case by intake while a flow was running must survive the flow's save.
+        row = db.execute("SELECT body FROM cases WHERE id = ?", (case.id,)).fetchone()
+        if row:
+            known = {(a.source, a.id) for a in case.alerts}
+            for alert in Case.model_validate_json(row[0]).alerts:
+                if (alert.source, alert.id) not in known:
+                    case.alerts.append(alert)
         db.execute(
             "INSERT INTO cases (id, status, verdict, host, rule, alert_time, flow_id, updated, body) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status=excluded.status, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from siemcrew.config.settings import Settings, secret
+from siemcrew.config.settings import Settings, describe_error, secret
 from siemcrew.crew.offline import SWITCHES
 
 
@@ -13,7 +13,7 @@ def _check(name: str, fn: Callable[[], str]) -> dict[str, Any]:
     try:
         return {"check": name, "ok": True, "detail": fn()}
     except Exception as exc:  # noqa: BLE001 - every failure becomes a readable row
-        return {"check": name, "ok": False, "detail": f"{type(exc).__name__}: {exc}"[:500]}
+        return {"check": name, "ok": False, "detail": f"{type(exc).__name__}: {describe_error(exc)}"[:500]}
 
 
 def checks(settings: Settings) -> list[dict[str, Any]]:

@@ -25,6 +25,11 @@ class ActionExecutor:
         ledger = self.rt.ledger
         key = proposal.key(case.id)
         claim = ledger.claim(key, proposal.action, proposal.target, proposal.args_sha256)
+        if not claim.acquired and (claim.state == "failed" or (
+                claim.state == "claimed" and key in {c.key for c in ledger.stale_claims(older_than_s=0)})):
+            # The earlier attempt failed, or its process died before recording an outcome: take it over.
+            # SIEM write-backs are idempotent and EDR actions re-read the vendor's state before sending.
+            claim = ledger.reclaim(key, claim.state)
         if not claim.acquired:
             # Executed (or started) before, by this or another process: never a second time.
             return ActionResult(key=key, action=proposal.action, target=proposal.target,
@@ -38,6 +43,8 @@ class ActionExecutor:
             state, executor, detail, ticket = self._dispatch(case, proposal, comment)
         except ConnectorError as exc:
             state, executor, detail, ticket = "failed", "connector", str(exc)[:500], None
+        except Exception as exc:  # noqa: BLE001 - record the outcome; a claim must never dangle
+            state, executor, detail, ticket = "failed", "executor", f"{type(exc).__name__}: {exc}"[:500], None
         ledger.update(key, state, detail, ticket=ticket)
         _fault_point(f"after_action:{proposal.action}")
         result = ActionResult(key=key, action=proposal.action, target=proposal.target, state=state,
@@ -62,11 +69,13 @@ class ActionExecutor:
     def _siem(self, case: Case, proposal: ActionProposal, comment: str) -> tuple[Any, str, str, str | None]:
         siem = self.rt.siem
         alert = next((a for a in case.alerts if a.id == proposal.target), case.alert)
+        # The status written back follows from the case, never from a proposal's arguments: only a
+        # policy-cleared close_alert (verified benign) may close an alert.
         if proposal.action == "close_alert":
             status = "closed"
         else:
-            status = str(proposal.args.get("status", "in_progress"))
-        update = AlertUpdate(status=status if status in ("in_progress", "acknowledged", "closed", "escalated") else "escalated",
+            status = "escalated" if case.verdict != "benign" else "in_progress"
+        update = AlertUpdate(status=status,
                              verdict=case.verdict, comment=f"{comment}: {case.verdict} ({case.confidence}). {case.summary}"[:4000],
                              summary=case.summary[:4000], report_link=self.rt.report_link(case))
         for item in case.alerts if proposal.action != "update_alert" else [alert]:

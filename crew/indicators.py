@@ -73,6 +73,11 @@ class IndicatorSet:
     def malice(self, event: dict[str, Any]) -> float:
         return sum(h.weight for h in self.hits(event) if not h.benign)
 
+    def relevance(self, event: dict[str, Any]) -> float:
+        """How much a row says either way: malice first, then recognised benign automation."""
+        hits = self.hits(event)
+        return sum(h.weight for h in hits if not h.benign) + 0.1 * sum(h.weight for h in hits if h.benign)
+
     def is_system_account(self, user: str | None) -> bool:
         name = (user or "").strip().lower()
         short = name.split("\\")[-1]

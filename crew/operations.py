@@ -96,9 +96,15 @@ def run_case(rt: Runtime, case: Case) -> Case:
 
 
 def decide(rt: Runtime, case_id: str, action: str, decision: str, by: str, reason: str,
-           target: str | None = None, ttl_seconds: int | None = None) -> tuple[Approval, Case]:
+           target: str | None = None, ttl_seconds: int | None = None, sha256: str | None = None
+           ) -> tuple[Approval, Case]:
     """Record a human decision bound to the exact pending action; resume the flow when none is left."""
     case = rt.cases.get(case_id)
+    if sha256 is not None:
+        match = [p for p in rt.approvals.pending(case_id) if p.action == action and (target is None or p.target == target)]
+        if not any(p.args_sha256.startswith(sha256) for p in match):
+            raise ApprovalError(f"no pending {action} on {case_id} with arguments sha256 {sha256}…: "
+                                "the request changed since it was reviewed")
     approval = rt.approvals.decide(case_id, action, decision, by=by, reason=reason,
                                    ttl_seconds=ttl_seconds or rt.settings.approval_ttl_seconds, target=target)
     rt.audit.append("approval", by, approval.model_dump(mode="json"), case_id=case_id)
@@ -147,6 +153,7 @@ def resume(rt: Runtime, case: Case) -> Case:
     except ValueError:
         return rt.cases.get(case.id)  # another process already resumed it
     flow._runtime = rt
+    flow.state.case = rt.cases.get(case.id)  # the case store is the record: keep what changed while paused
     flow.resume("decisions recorded")
     final = flow.state.case
     rt.cases.save(final)
@@ -203,6 +210,12 @@ def run(rt: Runtime, limit: int = 100, progress: Callable[[Alert], None] | None 
                 run_case(rt, case)
             except Exception as exc:  # noqa: BLE001 - summarized, the run continues
                 summary.errors.append(f"{case.id}: {exc}"[:300])
+        for case in rt.cases.list(status="awaiting_approval"):
+            if not rt.approvals.pending(case.id):
+                try:
+                    resume(rt, case)
+                except Exception as exc:  # noqa: BLE001 - summarized, the run continues
+                    summary.errors.append(f"{case.id}: {exc}"[:300])
         batch = rt.siem.fetch_alerts(read_checkpoint(rt), limit=limit)
         summary.fetched = len(batch.alerts)
         for alert in batch.alerts:

@@ -253,6 +253,10 @@ class ResponsePolicy:
         )
         if not proposal.target.strip():
             decision.fire("denied", "target", "the proposal names no target")
+        named = proposal.args.get(rule.target) if rule.target in ("host", "user") else None
+        if named is not None and str(named).strip().lower() != proposal.target.strip().lower():
+            # What an approver reads (the target) must be what the executor acts on (the arguments).
+            decision.fire("denied", "target", f"arguments name {rule.target} {named!r}, the target is {proposal.target!r}")
         self._check_case(decision, rule, case)
         if rule.target != "other" and subject:
             self._check_target(decision, rule, case, subject)

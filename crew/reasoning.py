@@ -90,9 +90,11 @@ class Reasoner:
             factor = 1.0 if kind in DIRECT_KINDS else 0.5
             for item, row in _rows(items):
                 row_host = short_host(row.get("host.hostname") or row.get("host.name")) or item.entity
-                for hit in self.ind.hits(row):
-                    if hit.benign and (kind not in BENIGN_KINDS or item.entity_type == "process_children"):
-                        continue  # benign automation elsewhere on the host explains nothing about this alert
+                hits = self.ind.hits(row)
+                tainted = any(not h.benign for h in hits)
+                for hit in hits:
+                    if hit.benign and (kind not in BENIGN_KINDS or item.entity_type == "process_children" or tainted):
+                        continue  # benign automation elsewhere, or mixed with malice, explains nothing
                     weight = hit.weight if hit.benign else hit.weight * factor
                     out.append(Signal(hit.name, weight, item.id, _detail(row), row_host, hit.benign))
         return out
@@ -113,10 +115,6 @@ class Reasoner:
                 same_service = bool(own_service) and service.lower() == own_service
                 if not (same_process or same_service):
                     continue  # other events in the alert window explain nothing about this alert
-            if service:
-                known = self.inventory.known_service(service)
-                if known:
-                    out.append(Signal("known_software", 3, item.id, f"service {service} is {known.name}", self.host, True))
             for key in ("process.executable", "process.parent.executable", "service.executable"):
                 path = row.get(key)
                 known = self.inventory.known_software(str(path)) if path else None
@@ -164,7 +162,7 @@ class Reasoner:
     def prevalence_signals(self) -> list[Signal]:
         out: list[Signal] = []
         proc = self.alert.process
-        own = {proc.command_line if proc else None, self.alert.event.get("service.name")} - {None, ""}
+        own = {proc.command_line if proc else None, self.alert.event.get("service.executable")} - {None, ""}
         for value, entry in self.prevalence().items():
             if entry["type"] not in ("process", "service") or value not in own:
                 continue

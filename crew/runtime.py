@@ -154,7 +154,8 @@ class Runtime:
             self.audit.append("policy", "policy", decision.model_dump(mode="json"), case_id=case.id)
             if decision.outcome == "approval_required":
                 self.approvals.request(case.id, proposal, decision, flow_id=case.flow_id)
-                if self.approvals.decision_for(case.id, proposal) is None:
+                waiting = {(p.action, p.target, p.args_sha256) for p in self.approvals.pending(case.id)}
+                if (proposal.action, proposal.target, proposal.args_sha256) in waiting:
                     pending += 1
         return pending
 
@@ -178,6 +179,17 @@ class Runtime:
             approval = None
             if decision.outcome == "approval_required" and auto_only:
                 continue
+            earlier = self.ledger.get(key)
+            if earlier is None or earlier.state == "failed":
+                # Decided earlier (perhaps hours ago): the policy is asked again right before acting,
+                # so rate limits and verification hold at execution time, not only at request time.
+                fresh = self.policy.evaluate(case, proposal, self.ledger.count_since)
+                if fresh.outcome == "denied":
+                    self.audit.append("policy", "policy", fresh.model_dump(mode="json"), case_id=case.id)
+                    results.append(ActionResult(key=key, action=proposal.action, target=proposal.target,
+                                                state="skipped", executor="policy",
+                                                detail=f"denied at execution: {'; '.join(fresh.reasons)}"[:500]))
+                    continue
             if decision.outcome == "approval_required":
                 approval = self.approvals.valid_for(case.id, proposal)
                 if approval is None:

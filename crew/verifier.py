@@ -84,7 +84,8 @@ def verify(case: Case, requirements: EvidenceRequirements, inventory: Any) -> Ve
     required = requirements.required(case)
 
     # 1. required kinds present (ok or empty)
-    missing = [k for k in required if not any(e.kind == k and e.status in ("ok", "empty") for e in evidence)]
+    accepted = ("ok",) if case.verdict == "benign" else ("ok", "empty")  # closing needs something found
+    missing = [k for k in required if not any(e.kind == k and e.status in accepted for e in evidence)]
     for kind in missing:
         gaps.append(Gap(check="required_evidence", detail=f"no {kind} evidence", hint=kind))
     if not missing:
@@ -146,7 +147,7 @@ def verify(case: Case, requirements: EvidenceRequirements, inventory: Any) -> Ve
         passed.append("errors")
 
     # 6. the verdict agrees with the findings
-    problem = verdict_problem(case, requirements)
+    problem = verdict_problem(case, requirements, assessment.verdict)
     if problem:
         gaps.append(Gap(check="verdict", detail=problem))
     else:
@@ -155,7 +156,7 @@ def verify(case: Case, requirements: EvidenceRequirements, inventory: Any) -> Ve
     return VerificationReport(status="incomplete" if gaps else "complete", round=case.round, gaps=gaps, passed=passed)
 
 
-def verdict_problem(case: Case, requirements: EvidenceRequirements) -> str | None:
+def verdict_problem(case: Case, requirements: EvidenceRequirements, deterministic: str | None = None) -> str | None:
     evidence = case.evidence_by_id()
     floor = CONFIDENCE_RANK.get(requirements.malicious_min_confidence, 2)
     if case.verdict == "malicious":
@@ -170,6 +171,9 @@ def verdict_problem(case: Case, requirements: EvidenceRequirements) -> str | Non
                           {"prevalence", "process_lineage", "alert_events", "asset_context"} for i in f.evidence_ids)]
         if not benign:
             return "verdict benign without benign evidence (lineage, prevalence or known software)"
+        if deterministic is not None and deterministic != "benign":
+            # Whoever wrote the verdict, closing needs the recorded evidence itself to justify it.
+            return f"the recorded evidence does not justify closing as benign (it reads {deterministic})"
     elif case.verdict == "inconclusive":
         return "no verdict reached"
     return None

@@ -46,6 +46,7 @@ ATTACK, BENIGN, LATER = "demo-2-encoded-powershell", "demo-4-procdump", "demo-3-
 UUIDS = {name: secrets.token_hex(32) for name in (ATTACK, BENIGN, LATER)}
 EVENTS_INDEX = "logs-windows-default"
 SERVE_TOKEN = "serve-" + secrets.token_hex(8)
+ALICE_TOKEN = "approver-alice-" + secrets.token_hex(8)
 WEBHOOK_SECRET = "hook-" + secrets.token_hex(8)
 REQUEST_TIMEOUT_S = 1.5
 
@@ -64,7 +65,7 @@ def elastic(tmp_path: Path, events: list[dict[str, Any]]) -> Iterator[ElasticEmu
 
 def _env(emulator: ElasticEmulator) -> dict[str, str]:
     return {"ELASTIC_API_KEY": emulator.api_key, "SIEMCREW_SERVE_TOKEN": SERVE_TOKEN,
-            "SIEMCREW_WEBHOOK_SECRET": WEBHOOK_SECRET}
+            "SIEMCREW_WEBHOOK_SECRET": WEBHOOK_SECRET, "SIEMCREW_APPROVER_ALICE": ALICE_TOKEN}
 
 
 def _config(tmp_path: Path, emulator: ElasticEmulator) -> str:
@@ -72,7 +73,8 @@ def _config(tmp_path: Path, emulator: ElasticEmulator) -> str:
                "ca_file": str(emulator.ca_file), "request_timeout": REQUEST_TIMEOUT_S, "retries": 3,
                "retry_wait": 0.01, "retry_wait_max": 0.05}
     return write_config(tmp_path / "siemcrew.yaml", {"source": "elastic", "home": str(tmp_path / "home"),
-                                                     "elastic": elastic})
+                                                     "elastic": elastic,
+                                                     "serve": {"approvers": {"alice": "SIEMCREW_APPROVER_ALICE"}}})
 
 
 def _alerts(emulator: ElasticEmulator, *names: str, detected_after_s: float = 60.0) -> list[dict[str, Any]]:
@@ -194,7 +196,8 @@ def test_kibana_webhook_to_serve_opens_cases_writes_back_and_dedupes(tmp_path: P
         pending = [p for p in httpx.get(f"{url}/v1/approvals", headers=bearer).json() if p["case_id"] == attack_case_id]
         for p in sorted(pending, key=lambda p: p["action"] == "isolate_host"):
             decision = "approve" if p["action"] == "isolate_host" else "deny"
-            answer = httpx.post(f"{url}/v1/cases/{attack_case_id}/actions/{p['action']}/{decision}", headers=bearer,
+            answer = httpx.post(f"{url}/v1/cases/{attack_case_id}/actions/{p['action']}/{decision}",
+                                headers={"Authorization": f"Bearer {ALICE_TOKEN}"},
                                 json={"by": "alice", "reason": "reviewed", "target": p["target"]}, timeout=60)
             assert answer.status_code == 200, answer.text
         assert answer.json()["case"]["status"] == "escalated"

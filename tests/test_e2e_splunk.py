@@ -50,8 +50,9 @@ NOW = 1795392000.0  # 2026-11-23T00:00:00Z, the end of the demo week
 SCRIPT = APP_SOURCE / "bin" / "siemcrew_investigate.py"
 SERVE_TOKEN = "serve-" + secrets.token_hex(8)
 SID = "scheduler__admin__search__RMD5e7649a8a42798738_at_1795012800_41"
+APPROVERS = {"alice": "approver-alice-" + secrets.token_hex(6), "bob": "approver-bob-" + secrets.token_hex(6)}
 ENV = {"SPLUNK_TOKEN": "test-bearer-token", "SPLUNK_HEC_TOKEN": "test-hec-token", "SPLUNK_PASSWORD": "changeme",
-       "SIEMCREW_SERVE_TOKEN": SERVE_TOKEN}
+       "SIEMCREW_SERVE_TOKEN": SERVE_TOKEN, **{f"SIEMCREW_APPROVER_{n.upper()}": t for n, t in APPROVERS.items()}}
 NOTABLE_IDS = {name: f"{index:08X}-E2E0-4C1A-9D5B-3F2A1C0E9B7{index}@@notable@@{index}abc" for index, name in
                enumerate((ATTACK, BENIGN, LATER))}
 
@@ -73,7 +74,12 @@ def _config(tmp_path: Path, emulator: SplunkdEmulator, **overrides: Any) -> str:
     splunk = connector_settings(emulator, alerts={"initial_lookback": "0"}, **overrides)
     splunk["hec"]["ca_file"] = str(emulator.tls.ca_file)  # type: ignore[union-attr]
     return write_config(tmp_path / "siemcrew.yaml", {"source": "splunk", "home": str(tmp_path / "home"),
-                                                     "splunk": splunk})
+                                                     "splunk": splunk, "serve": {"approvers": {
+                                                         n: f"SIEMCREW_APPROVER_{n.upper()}" for n in APPROVERS}}})
+
+
+def _as(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {APPROVERS[name]}"}
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -210,17 +216,22 @@ def test_alert_action_hands_off_to_serve_which_investigates_dedupes_and_takes_ap
         isolate = next(p for p in pending if p["action"] == "isolate_host")
         for p in pending:
             if p is not isolate:
-                answer = httpx.post(f"{url}/v1/cases/{case_ids[0]}/actions/{p['action']}/deny", headers=headers,
-                                    json={"by": "bob", "reason": "not needed", "target": p["target"]}, timeout=60)
+                answer = httpx.post(f"{url}/v1/cases/{case_ids[0]}/actions/{p['action']}/deny", headers=_as("bob"),
+                                    json={"reason": "not needed", "target": p["target"]}, timeout=60)
                 assert answer.status_code == 200, answer.text
-        decision = {"by": "alice", "reason": "confirmed stager", "target": isolate["target"]}
-        approved = httpx.post(f"{url}/v1/cases/{case_ids[0]}/actions/isolate_host/approve", headers=headers,
+        decision = {"reason": "confirmed stager", "target": isolate["target"], "args_sha256": isolate["args_sha256"]}
+        # the intake token (held by the Splunk app) cannot approve; nor can one approver speak for another
+        assert httpx.post(f"{url}/v1/cases/{case_ids[0]}/actions/isolate_host/approve", headers=headers,
+                          json=decision, timeout=60).status_code == 403
+        assert httpx.post(f"{url}/v1/cases/{case_ids[0]}/actions/isolate_host/approve", headers=_as("bob"),
+                          json={**decision, "by": "alice"}, timeout=60).status_code == 403
+        approved = httpx.post(f"{url}/v1/cases/{case_ids[0]}/actions/isolate_host/approve", headers=_as("alice"),
                               json=decision, timeout=60)
         assert approved.status_code == 200, approved.text
         assert approved.json()["case"]["status"] == "escalated"
         results = [(r["action"], r["target"], r["state"]) for r in approved.json()["case"]["results"]]
         assert [r for r in results if r[0] == "isolate_host"] == [("isolate_host", isolate["target"], "dry_run")]
-        repeat = httpx.post(f"{url}/v1/cases/{case_ids[0]}/actions/isolate_host/approve", headers=headers,
+        repeat = httpx.post(f"{url}/v1/cases/{case_ids[0]}/actions/isolate_host/approve", headers=_as("alice"),
                             json=decision, timeout=60)
         assert repeat.status_code == 409
         assert httpx.get(f"{url}/v1/approvals", headers=headers).json() == []

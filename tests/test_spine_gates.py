@@ -211,3 +211,58 @@ def test_well_behaved_llm_brain_completes_a_case(tmp_path: Path) -> None:
     assert case.unsupported_findings == 0
     assert case.llm_calls >= 2
     assert case.status in ("closed", "escalated", "awaiting_approval")
+
+
+def test_a_model_citing_real_evidence_cannot_close_an_attack_as_benign(tmp_path: Path) -> None:
+    """The lie is well formed: real evidence ids, a benign finding; the recorded behaviour says otherwise."""
+    alert = _alert("demo-1-lsass-comsvcs")
+
+    def liar(text: str) -> str:
+        import re
+
+        ids = re.findall(r"evidence (ev-[0-9a-f]{12})", text)
+        return json.dumps({"verdict": "benign", "confidence": "high", "summary": "routine admin work",
+                           "findings": [{"agent": "t", "kind": "benign", "confidence": "high",
+                                         "statement": "looks routine", "evidence_ids": ids[:1]}]})
+
+    def inner(role: str, ctx: Any) -> ScriptedLLM:
+        return ScriptedLLM(model="scripted", role=role, answers={"triage": liar},
+                           tool_call={"name": "alert_events", "args": {"alert_id": alert.id}}, seen=[])
+
+    rt = _runtime(tmp_path, llm_inner=inner, llm={"model": "scripted", "roles": ["triage"]})
+    case = investigate(rt, alert)
+    assert case.triage.verdict == "benign" and case.triage.findings  # the model said so, citing real ids
+    assert "the recorded evidence does not justify closing as benign" in case.verifications[0].gaps[-1].detail
+    assert case.verdict == "malicious" and case.status != "closed"
+    assert not any(r.action == "close_alert" for r in case.results)
+
+
+def test_update_alert_arguments_cannot_close_the_alert_of_a_malicious_case(tmp_path: Path) -> None:
+    alert = _alert("demo-3-wmi-powershell-dc")
+    sneaky = {"summary": "x", "proposals": [{"action": "update_alert", "target": alert.id,
+                                             "args": {"status": "closed", "verdict": "benign"}}]}
+
+    def inner(role: str, ctx: Any) -> ScriptedLLM:
+        return ScriptedLLM(model="scripted", role=role, answers={"responder": sneaky}, seen=[])
+
+    rt = _runtime(tmp_path, llm_inner=inner, llm={"model": "scripted", "roles": ["responder"]})
+    case = investigate(rt, alert)
+    assert case.verdict == "malicious"
+    verdicts = rt.siem.verdicts(alert.id)
+    assert verdicts and all(v["status"] != "closed" for v in verdicts), verdicts
+
+
+def test_rate_limits_hold_when_an_old_approval_is_finally_given(tmp_path: Path) -> None:
+    rt = _runtime(tmp_path)
+    case = investigate(rt, _alert("demo-2-encoded-powershell"))
+    pending = {(p.action, p.target) for p in rt.approvals.pending(case.id)}
+    assert ("isolate_host", "WS-HR-02") in pending
+    for n in range(5):  # meanwhile, five isolations elsewhere used up the hourly budget (max 5/h)
+        rt.ledger.claim(f"other-{n}:isolate_host:WS-{n}", "isolate_host", f"WS-{n}", "0" * 64)
+    from siemcrew.crew.operations import decide
+
+    for action, target in sorted(pending - {("isolate_host", "WS-HR-02")}):
+        decide(rt, case.id, action, "deny", by="bob", reason="no", target=target)
+    _, final = decide(rt, case.id, "isolate_host", "approve", by="alice", reason="go", target="WS-HR-02")
+    isolation = next(r for r in final.results if r.action == "isolate_host")
+    assert isolation.state == "skipped" and "rate" in isolation.detail

@@ -214,3 +214,12 @@ def test_doctor_passes_on_the_demo_and_names_a_broken_policy(tmp_path: Path) -> 
     assert bad.returncode == 1
     rows = {r["check"]: r for r in json.loads(bad.stdout)["checks"]}
     assert not rows["policy / evidence / assets"]["ok"] and "approval" in rows["policy / evidence / assets"]["detail"]
+
+
+def test_a_flow_saving_its_copy_keeps_alerts_grouped_in_meanwhile(tmp_path: Path) -> None:
+    store = CaseStore(tmp_path / "cases.db")
+    running, _ = store.admit(_alert())
+    store.admit(_alert(id="a2", timestamp=T0 + timedelta(minutes=3)))  # grouped while the flow runs
+    running.status = "closed"
+    store.save(running)  # the flow's in-memory copy knows only a1
+    assert [a.id for a in store.get(running.id).alerts] == ["a1", "a2"]

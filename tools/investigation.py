@@ -28,6 +28,7 @@ ENTITY_FIELDS = {
     "destination.ip": "ip",
     "source.ip": "ip",
     "service.name": "service",
+    "service.executable": "service",
     "user.name": "user",
     "file.path": "file",
     "registry.path": "registry",
@@ -44,7 +45,7 @@ def user_filters(user: str) -> list[Filter]:
 
 
 def rank_by_malice(event: dict[str, Any]) -> float:
-    return IndicatorSet.load().malice(event)
+    return IndicatorSet.load().relevance(event)
 
 
 def rank_logon(event: dict[str, Any]) -> float:
@@ -324,7 +325,7 @@ class PrevalenceTool(EvidenceTool):
     class Args(BaseModel):
         field: Literal[
             "process.command_line", "process.executable", "process.hash.sha256", "destination.ip",
-            "source.ip", "service.name", "user.name", "file.path", "registry.path",
+            "source.ip", "service.name", "service.executable", "user.name", "file.path", "registry.path",
         ]
         value: str
 

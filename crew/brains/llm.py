@@ -18,7 +18,8 @@ from siemcrew.crew.models import sha256_of
 
 
 class BudgetExceeded(RuntimeError):
-    """The case used up its LLM call or token budget; the flow records it and escalates."""
+    """The case used up its LLM call or token budget: the case is marked failed (audited) and retried
+    a bounded number of times; raise the budget or switch the role to the playbook brain."""
 
 
 def _strip(messages: Any) -> Any:

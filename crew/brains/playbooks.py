@@ -92,9 +92,9 @@ def triage_plan(ctx: InvestigationContext) -> list[Call]:
         calls.append(("prevalence", {"field": "process.command_line", "value": target["command_line"]}))
     if target and target.get("executable") and not _done(ctx, "prevalence", target["executable"]):
         calls.append(("prevalence", {"field": "process.executable", "value": target["executable"]}))
-    service = alert.event.get("service.name")
-    if service and not _done(ctx, "prevalence", str(service)):
-        calls.append(("prevalence", {"field": "service.name", "value": str(service)}))
+    service_binary = alert.event.get("service.executable")
+    if service_binary and not _done(ctx, "prevalence", str(service_binary)):
+        calls.append(("prevalence", {"field": "service.executable", "value": str(service_binary)}))
     calls += entity_pivots(ctx)
     if host and not _done(ctx, "asset_context", host):
         calls.append(("asset_context", {"host": host}))
