@@ -254,7 +254,8 @@ class ResponsePolicy:
         if not proposal.target.strip():
             decision.fire("denied", "target", "the proposal names no target")
         named = proposal.args.get(rule.target) if rule.target in ("host", "user") else None
-        if named is not None and str(named).strip().lower() != proposal.target.strip().lower():
+        shown = proposal.target.split(":")[0] if rule.target == "host" else proposal.target  # host:pid
+        if named is not None and str(named).strip().lower() != shown.strip().lower():
             # What an approver reads (the target) must be what the executor acts on (the arguments).
             decision.fire("denied", "target", f"arguments name {rule.target} {named!r}, the target is {proposal.target!r}")
         self._check_case(decision, rule, case)
