@@ -188,24 +188,28 @@ def test_llm_brain_is_budgeted_and_on_the_record(tmp_path: Path) -> None:
     assert final.status == "failed" and sum(1 for t in final.timeline if t.event == "failed") == 3
 
 
-def test_well_behaved_llm_brain_completes_a_case(tmp_path: Path) -> None:
-    """A model that cites the evidence its tool returned gets through the same gates."""
-    alert = _alert("demo-4-procdump")
+def _citing_triage(tmp_path: Path, alert: Alert, verdict: str, kind: str, confidence: str) -> tuple[Runtime, Any]:
+    """A triage model that calls one tool, then answers citing the first evidence id it was shown."""
 
-    def cite(text: str) -> str:
+    def answer(text: str) -> str:
         import re
 
         ids = re.findall(r"evidence (ev-[0-9a-f]{12})", text)
-        return json.dumps({"verdict": "suspicious", "confidence": "medium", "summary": "needs a look",
-                           "findings": [{"agent": "t", "kind": "suspicious", "confidence": "medium",
-                                         "statement": "procdump ran", "evidence_ids": ids[:1]}]})
+        return json.dumps({"verdict": verdict, "confidence": confidence, "summary": f"{verdict} says the model",
+                           "findings": [{"agent": "t", "kind": kind, "confidence": confidence,
+                                         "statement": "as the model reads it", "evidence_ids": ids[:1]}]})
 
     def inner(role: str, ctx: Any) -> ScriptedLLM:
-        return ScriptedLLM(model="scripted", role=role, answers={"triage": cite},
+        return ScriptedLLM(model="scripted", role=role, answers={"triage": answer},
                            tool_call={"name": "alert_events", "args": {"alert_id": alert.id}}, seen=[])
 
     rt = _runtime(tmp_path, llm_inner=inner, llm={"model": "scripted", "roles": ["triage"]})
-    case = investigate(rt, alert)
+    return rt, investigate(rt, alert)
+
+
+def test_well_behaved_llm_brain_completes_a_case(tmp_path: Path) -> None:
+    """A model that cites the evidence its tool returned gets through the same gates."""
+    _, case = _citing_triage(tmp_path, _alert("demo-4-procdump"), "suspicious", "suspicious", "medium")
     assert case.triage and case.triage.verdict == "suspicious"
     assert case.triage.findings and case.triage.findings[0].evidence_ids
     assert case.unsupported_findings == 0
@@ -215,22 +219,7 @@ def test_well_behaved_llm_brain_completes_a_case(tmp_path: Path) -> None:
 
 def test_a_model_citing_real_evidence_cannot_close_an_attack_as_benign(tmp_path: Path) -> None:
     """The lie is well formed: real evidence ids, a benign finding; the recorded behaviour says otherwise."""
-    alert = _alert("demo-1-lsass-comsvcs")
-
-    def liar(text: str) -> str:
-        import re
-
-        ids = re.findall(r"evidence (ev-[0-9a-f]{12})", text)
-        return json.dumps({"verdict": "benign", "confidence": "high", "summary": "routine admin work",
-                           "findings": [{"agent": "t", "kind": "benign", "confidence": "high",
-                                         "statement": "looks routine", "evidence_ids": ids[:1]}]})
-
-    def inner(role: str, ctx: Any) -> ScriptedLLM:
-        return ScriptedLLM(model="scripted", role=role, answers={"triage": liar},
-                           tool_call={"name": "alert_events", "args": {"alert_id": alert.id}}, seen=[])
-
-    rt = _runtime(tmp_path, llm_inner=inner, llm={"model": "scripted", "roles": ["triage"]})
-    case = investigate(rt, alert)
+    _, case = _citing_triage(tmp_path, _alert("demo-1-lsass-comsvcs"), "benign", "benign", "high")
     assert case.triage.verdict == "benign" and case.triage.findings  # the model said so, citing real ids
     assert "the recorded evidence does not justify closing as benign" in case.verifications[0].gaps[-1].detail
     assert case.verdict == "malicious" and case.status != "closed"
