@@ -29,7 +29,7 @@ class ActionExecutor:
                 claim.state == "claimed" and key in {c.key for c in ledger.stale_claims(older_than_s=0)})):
             # The earlier attempt failed, or its process died before recording an outcome: take it over.
             # SIEM write-backs are idempotent and EDR actions re-read the vendor's state before sending.
-            claim = ledger.reclaim(key, claim.state)
+            claim = ledger.reclaim(claim, args_sha256=proposal.args_sha256)
         if not claim.acquired:
             # Executed (or started) before, by this or another process: never a second time.
             return ActionResult(key=key, action=proposal.action, target=proposal.target,

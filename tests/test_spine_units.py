@@ -223,3 +223,33 @@ def test_a_flow_saving_its_copy_keeps_alerts_grouped_in_meanwhile(tmp_path: Path
     running.status = "closed"
     store.save(running)  # the flow's in-memory copy knows only a1
     assert [a.id for a in store.get(running.id).alerts] == ["a1", "a2"]
+
+
+def test_executor_retries_a_failed_write_back_but_never_repeats_a_done_one(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from siemcrew.connectors.base import ConnectorError
+    from siemcrew.crew.audit import AuditLog
+    from siemcrew.crew.executor import ActionExecutor
+    from siemcrew.crew.ledger import ActionLedger
+    from siemcrew.crew.models import ActionProposal
+
+    calls: list[str] = []
+
+    class Siem:
+        name = "fake"
+
+        def update_alert(self, alert: Alert, update: object) -> None:
+            calls.append(alert.id)
+            if len(calls) == 1:
+                raise ConnectorError("SIEM busy")
+
+    rt = SimpleNamespace(ledger=ActionLedger(tmp_path / "ledger.db"), audit=AuditLog(tmp_path / "audit.jsonl"),
+                         siem=Siem(), settings=SimpleNamespace(executor="dry-run"), report_link=lambda case: "x")
+    case = Case(id="c1", alerts=[_alert()], verdict="malicious")
+    proposal = ActionProposal(action="update_alert", target="a1", args={})
+    executor = ActionExecutor(rt)
+    assert executor.execute(case, proposal, None).state == "failed"
+    assert executor.execute(case, proposal, None).state == "done"      # the failed attempt is taken over
+    assert executor.execute(case, proposal, None).executor == "ledger"  # done: never again
+    assert calls == ["a1", "a1"]
