@@ -5,7 +5,10 @@ are grouped into its case. SQLite, safe across processes.
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import sqlite3
+import time
 import threading
 from contextlib import contextmanager
 from datetime import timedelta
@@ -27,9 +30,23 @@ CREATE TABLE IF NOT EXISTS alerts (
 CREATE TABLE IF NOT EXISTS intake_keys (
   key TEXT PRIMARY KEY, case_ids TEXT NOT NULL, received TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS leases (
+  case_id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, expires REAL NOT NULL
+);
 """
+LEASE_SECONDS = 1800.0
 GROUP_WINDOW = timedelta(hours=1)
 OPEN = ("new", "investigating", "awaiting_approval")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def case_id_for(alert: Alert) -> str:
@@ -89,6 +106,22 @@ class CaseStore:
             self._save(db, case)
             db.execute("INSERT INTO alerts VALUES (?, ?, ?)", (f"{alert.source}:{alert.id}", case.id, iso(alert.timestamp)))
             return case, True
+
+    def lease(self, case_id: str) -> bool:
+        """Take the case for this process (one worker per case, across `serve` and `run`). A lease held
+        by a live process elsewhere wins; one whose process died or that expired is taken over."""
+        host, pid, now = socket.gethostname(), os.getpid(), time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT host, pid, expires FROM leases WHERE case_id = ?", (case_id,)).fetchone()
+            if row and (row[0], row[1]) != (host, pid) and row[2] > now and not (row[0] == host and not _alive(row[1])):
+                return False
+            db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)", (case_id, host, pid, now + LEASE_SECONDS))
+            return True
+
+    def release(self, case_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM leases WHERE case_id = ? AND host = ? AND pid = ?",
+                       (case_id, socket.gethostname(), os.getpid()))
 
     def known(self, alert: Alert) -> bool:
         with self._tx() as db:

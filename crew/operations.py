@@ -66,6 +66,17 @@ def investigate(rt: Runtime, alert: Alert) -> Case:
 
 
 def run_case(rt: Runtime, case: Case) -> Case:
+    """Run or resume the case's flow, if no other live process is working on it right now."""
+    if not rt.cases.lease(case.id):
+        rt.audit.append("lease_busy", "system", {"case": case.id}, case_id=case.id)
+        return rt.cases.get(case.id)
+    try:
+        return _run_case(rt, case)
+    finally:
+        rt.cases.release(case.id)
+
+
+def _run_case(rt: Runtime, case: Case) -> Case:
     from crewai.flow.async_feedback.types import HumanFeedbackPending
 
     flow_cls = _flow(rt)

@@ -253,3 +253,25 @@ def test_executor_retries_a_failed_write_back_but_never_repeats_a_done_one(tmp_p
     assert executor.execute(case, proposal, None).state == "done"      # the failed attempt is taken over
     assert executor.execute(case, proposal, None).executor == "ledger"  # done: never again
     assert calls == ["a1", "a1"]
+
+
+def test_one_worker_per_case_and_dead_workers_leases_are_taken_over(tmp_path: Path) -> None:
+    import sqlite3
+    import subprocess
+    import sys
+
+    store = CaseStore(tmp_path / "cases.db")
+    case, _ = store.admit(_alert())
+    assert store.lease(case.id) and store.lease(case.id)  # re-entrant for the holder
+    store.release(case.id)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        db = sqlite3.connect(tmp_path / "cases.db")
+        db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)",
+                   (case.id, __import__("socket").gethostname(), holder.pid, 4e9))
+        db.commit()
+        assert not store.lease(case.id)  # a live process elsewhere holds it
+    finally:
+        holder.kill()
+        holder.wait()
+    assert store.lease(case.id)  # its process died: taken over
