@@ -73,3 +73,12 @@ def test_eval_cli_fails_under_a_quality_bar(tmp_path: Path) -> None:
     assert out.read_text(encoding="utf-8").startswith("# siemcrew evaluation")
     bad = run_cli("eval", "--dataset", str(dataset), "--require", "nonsense>=1")
     assert bad.returncode == 1 and "unknown metric" in bad.stderr
+
+
+def test_ground_truth_is_found_by_folder_name_or_dataset_id() -> None:
+    from siemcrew.evaluation import truth_for
+
+    truth = {"dev/SDWIN-1_x": {"dataset_id": "SDWIN-1"}, "other": {"dataset_id": "SDWIN-22"}}
+    assert truth_for(truth, "dev/SDWIN-1_x") is truth["dev/SDWIN-1_x"]
+    assert truth_for(truth, "SDWIN-22_renamed_folder") is truth["other"]
+    assert truth_for(truth, "SDWIN-3_unknown") is None
