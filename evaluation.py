@@ -86,7 +86,7 @@ def truth_for(truth: dict[str, dict[str, Any]], name: str) -> dict[str, Any] | N
 
 
 def find_recording(dataset: Path, name: str) -> Path:
-    for candidate in dataset.glob(f"*/{name}"):
+    for candidate in [dataset / name, *dataset.glob(f"*/{name}")]:
         if candidate.is_dir():
             return candidate
     raise EvalError(f"recording folder {name} not found under {dataset}")
