@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from siemcrew.crew.indicators import short_host
+from siemcrew.crew.ledger import process_alive
 from siemcrew.crew.models import Alert, Case
 from siemcrew.crew.timeutil import iso
 
@@ -37,16 +38,6 @@ CREATE TABLE IF NOT EXISTS leases (
 LEASE_SECONDS = 1800.0
 GROUP_WINDOW = timedelta(hours=1)
 OPEN = ("new", "investigating", "awaiting_approval")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def case_id_for(alert: Alert) -> str:
@@ -113,7 +104,7 @@ class CaseStore:
         host, pid, now = socket.gethostname(), os.getpid(), time.time()
         with self._tx() as db:
             row = db.execute("SELECT host, pid, expires FROM leases WHERE case_id = ?", (case_id,)).fetchone()
-            if row and (row[0], row[1]) != (host, pid) and row[2] > now and not (row[0] == host and not _alive(row[1])):
+            if row and (row[0], row[1]) != (host, pid) and row[2] > now and not (row[0] == host and not process_alive(row[1])):
                 return False
             db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)", (case_id, host, pid, now + LEASE_SECONDS))
             return True

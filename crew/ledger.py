@@ -223,7 +223,7 @@ class ActionLedger:
                 "SELECT * FROM actions WHERE state='claimed' AND updated_at<? ORDER BY claimed_at", (cutoff,)
             ).fetchall()
         here = socket.gethostname()
-        return [Claim.from_row(row) for row in rows if not (row["host"] == here and _alive(row["pid"]))]
+        return [Claim.from_row(row) for row in rows if not (row["host"] == here and process_alive(row["pid"]))]
 
     @staticmethod
     def _row(conn: sqlite3.Connection, key: str) -> sqlite3.Row | None:
@@ -236,7 +236,7 @@ class ActionLedger:
         return row
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Is a process with this pid running on this machine (best effort; pids can be reused)?"""
     if pid == os.getpid():
         return True
