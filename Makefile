@@ -2,7 +2,12 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-DATASET ?= ../shared/datasets/otrf
+# `make eval`: datasets scored together (metrics overall and per split), recordings in JOBS worker processes
+DATASETS ?= ../shared/datasets/otrf ../shared/datasets/otrf-dev2
+JOBS ?= 2
+EVAL_BAR := "tp_recall>=0.95" "tp_malicious_rate>=0.85" "fp_rate<=0.2" "fp_malicious_rate<=0.02" \
+	"analyst_queue_rate<=0.2" "host_recall>=0.9" "account_recall>=0.85" "account_precision>=0.7" \
+	"evidence_complete_rate>=0.95" "unsupported_findings==0"
 
 .PHONY: venv demo test eval bench clean
 
@@ -21,9 +26,8 @@ test: venv
 	$(BIN)/python -m pytest -q
 
 eval: venv
-	$(BIN)/siemcrew eval --dataset $(DATASET) --out eval-report.md --json \
-		--require "tp_recall>=0.95" --require "host_recall>=0.9" --require "account_recall>=0.8" \
-		--require "evidence_complete_rate>=0.9" --require "unsupported_findings==0" > eval-result.json
+	$(BIN)/siemcrew eval $(addprefix --dataset ,$(DATASETS)) --jobs $(JOBS) --out eval-report.md --json \
+		$(addprefix --require ,$(EVAL_BAR)) > eval-result.json
 
 bench: venv
 	$(BIN)/python benchmarks/load_otrf.py

@@ -347,19 +347,37 @@ def serve(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
 
 
 @app.command("eval")
-def evaluate(dataset: Path = typer.Option(..., "--dataset", help="Folder laid out like datasets/otrf."),
-             rules: Optional[Path] = typer.Option(None, help="Sigma rules folder (default DIR/../detection-content/sigma)."),
+def evaluate(dataset: list[Path] = typer.Option(..., "--dataset", help="Folder laid out like datasets/otrf "
+                                                "(repeatable: several datasets are scored in one run)."),
+             rules: Optional[Path] = typer.Option(None, help="Sigma rules folder (default: first "
+                                                             "DIR/../detection-content/sigma)."),
              out: Optional[Path] = typer.Option(None, help="Write the markdown report here."),
              config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
              split: Optional[str] = typer.Option(None, help="Only alerts of this split (e.g. dev)."),
+             jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Recordings evaluated in this many "
+                                                "worker processes (default: min(2, CPUs); 1 runs in this process)."),
              require: list[str] = typer.Option([], help="A quality bar such as 'tp_recall>=0.95' (repeatable); "
                                                         "exit 7 when any is not met.")) -> None:
     """Score the crew on labelled alerts over real recordings."""
-    from siemcrew.evaluation import EvalError, check_requirements, evaluate as run_eval, render_markdown
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from siemcrew.evaluation import EvalError, check_requirements, default_jobs, evaluate as run_eval, render_markdown
 
     try:
         bars = check_requirements({}, require, parse_only=True)
-        result = run_eval(dataset, rules=rules, config=config, split=split, quiet=as_json)
+        # the bar is drawn on stderr (and not at all when stderr is not a terminal): stdout stays pure JSON
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as progress:
+            task = progress.add_task("evaluating", total=None)
+
+            def advance(row: Optional[dict[str, Any]], total: int) -> None:
+                if row is None:
+                    progress.update(task, total=total)
+                else:
+                    progress.update(task, advance=1, description=f"{row['split']}: {row['rule'][:40]}")
+
+            result = run_eval(dataset, rules=rules, config=config, split=split, quiet=as_json,
+                              jobs=jobs or default_jobs(), progress=advance)
     except EvalError as exc:
         console.print(f"[red]eval failed:[/red] {exc}")
         raise typer.Exit(EXIT_ERROR) from None

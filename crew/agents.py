@@ -21,9 +21,9 @@ from siemcrew.tools.investigation import tools_for
 offline.quiet()
 
 ROLE_TOOLS: dict[str, list[str]] = {
-    "triage": ["alert_events", "process_lineage", "host_activity", "prevalence", "logon_activity", "asset_context",
-               "endpoint_context"],
-    "hunter": ["alert_events", "process_lineage", "host_activity", "logon_activity", "network_connections",
+    "triage": ["alert_events", "alert_chain", "process_lineage", "host_activity", "prevalence", "logon_activity",
+               "asset_context", "related_cases", "endpoint_context"],
+    "hunter": ["alert_events", "alert_chain", "process_lineage", "related_cases", "host_activity", "logon_activity", "network_connections",
                "persistence_check", "prevalence", "sigma_hunt", "search_events", "run_query", "asset_context",
                "endpoint_context", "process_tree"],
     "impact": ["asset_context", "prevalence", "logon_activity", "endpoint_context"],

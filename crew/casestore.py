@@ -17,7 +17,7 @@ from typing import Iterator
 
 from siemcrew.crew.indicators import short_host
 from siemcrew.crew.ledger import process_alive
-from siemcrew.crew.models import Alert, Case
+from siemcrew.crew.models import Alert, Case, TimeRange
 from siemcrew.crew.timeutil import iso
 
 SCHEMA = """
@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS leases (
 """
 LEASE_SECONDS = 1800.0
 GROUP_WINDOW = timedelta(hours=1)
+RELATED_MARGIN = timedelta(days=1)
 OPEN = ("new", "investigating", "awaiting_approval")
 
 
@@ -161,6 +162,17 @@ class CaseStore:
     def get(self, case_id: str) -> Case:
         with self._tx() as db:
             return self._load(db, case_id)
+
+    def related(self, case: Case, host: str, window: TimeRange, limit: int = 10) -> list[dict[str, str]]:
+        """Other cases on the host, a day either side of the window, whose verdict holds malice: the
+        context a benign alert on a compromised host names instead of inheriting."""
+        start, end = iso(window.start - RELATED_MARGIN), iso(window.end + RELATED_MARGIN)
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, verdict, status, rule, alert_time FROM cases WHERE host = ? AND id != ? "
+                "AND verdict IN ('malicious', 'suspicious') AND alert_time BETWEEN ? AND ? "
+                "ORDER BY alert_time LIMIT ?", (short_host(host), case.id, start, end, limit)).fetchall()
+        return [{"case": r[0], "verdict": r[1], "status": r[2], "rule": r[3], "alert_time": r[4]} for r in rows]
 
     def list(self, status: str | None = None, limit: int = 200) -> list[Case]:
         with self._tx() as db:

@@ -1,29 +1,35 @@
 """Deterministic investigative reasoning over the evidence a case has recorded.
 
-The playbook brains call `assess()` to reach a verdict, a scope and findings; the verifier calls
-it to know which hosts are in scope. It reads only Evidence (what tools recorded), never model
-text, and every finding it writes cites the evidence ids it rests on.
+The verdict comes from the alert's own causal chain (crew/chain.py): malicious behaviour of the
+alert's process, its ancestors, descendants, injectors, droppers and the remote executions it
+received or caused decides; benign explanations of the alert's own process (platform genealogy,
+platform automation, management agents, the organisation's known software, established behaviour)
+may close it, and never outweigh a strong indicator they do not account for. What else happened on
+the host is context: recorded, shown, linked to the case that holds it — it does not decide.
+
+The playbook brains call `assess()` to reach a verdict, a scope and findings; the verifier calls it
+to know which hosts are in scope and whether the evidence itself reads benign. It reads only
+Evidence (what tools recorded), never model text, and every finding cites the evidence it rests on.
 """
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Iterable
 
-from siemcrew.crew.indicators import IndicatorSet, account, is_external_ip, is_internal_ip, short_host
+from siemcrew.crew.chain import Chain, Node, build
+from siemcrew.crew.indicators import IndicatorSet, account, is_external_ip, short_host
+from siemcrew.crew.knowledge import Explanation, Knowledge, ProcessFacts
 from siemcrew.crew.models import Case, Confidence, Evidence, Finding, Verdict
 from siemcrew.crew.timeutil import parse_time
 
+STRONG = 4.0         # an indicator this heavy decides on its own
+CORROBORATION = 6.0  # distinct indicators that together are as convincing as a strong one
+BENIGN_TOLERANCE = 2.0  # unexplained weak oddities a positive explanation may still close over
+COUNTED = ("subject", "ancestor", "descendant", "instigator", "injector", "dropper", "remote")
 REMOTE_LOGON_TYPES = {"3", "10"}
-ADMIN_PORTS = {"135", "445", "3389", "5985", "5986", "22"}
-REMOTE_TOOLS = re.compile(r"\\(powershell|pwsh|wmic|psexec\w*|winrs|mstsc|sc|schtasks)\.exe$", re.IGNORECASE)
-CORROBORATION = 7.0  # summed weight of distinct indicators that is as convincing as one strong one
-DIRECT_KINDS = {"alert_events", "process_lineage", "persistence_check"}
-CONTEXT_KINDS = {"host_activity", "network_connections", "sigma", "hunt"}
-BENIGN_KINDS = {"alert_events", "process_lineage"}
 
 
 @dataclass
@@ -34,6 +40,7 @@ class Signal:
     detail: str
     host: str | None = None
     benign: bool = False
+    relation: str = "subject"
 
 
 @dataclass
@@ -43,6 +50,7 @@ class Assessment:
     malice: float
     benign: float
     signals: list[Signal] = field(default_factory=list)
+    context: list[Signal] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     affected_hosts: list[str] = field(default_factory=list)
     affected_users: list[str] = field(default_factory=list)
@@ -50,6 +58,7 @@ class Assessment:
     candidate_ips: list[str] = field(default_factory=list)
     rare_external_ips: list[str] = field(default_factory=list)
     malicious_processes: list[dict[str, Any]] = field(default_factory=list)
+    related_cases: list[str] = field(default_factory=list)
     summary: str = ""
 
 
@@ -62,365 +71,351 @@ def _rows(items: Iterable[Evidence]) -> Iterable[tuple[Evidence, dict[str, Any]]
 
 def _detail(row: dict[str, Any]) -> str:
     for key in ("process.command_line", "registry.path", "service.executable", "powershell.script_block_text",
-                "target.process.executable", "destination.ip", "file.path", "process.executable"):
+                "target.process.executable", "destination.ip", "file.path", "file.name", "process.executable"):
         if row.get(key):
             return f"{key}={str(row[key])[:160]}"
     return f"event.code={row.get('event.code')}"
 
 
-class Reasoner:
-    """Turns a case's evidence into signals, a scope and a verdict."""
+_MEMO: dict[tuple[Any, ...], "Assessment"] = {}
 
-    def __init__(self, case: Case, inventory: Any, indicators: IndicatorSet | None = None) -> None:
+
+class Reasoner:
+    """Turns a case's evidence into the chain's signals, a scope and a verdict."""
+
+    def __init__(self, case: Case, inventory: Any, indicators: IndicatorSet | None = None,
+                 knowledge: Knowledge | None = None) -> None:
         self.case = case
         self.alert = case.alert
         self.inventory = inventory
         self.ind = indicators or IndicatorSet.load()
+        self.knowledge = knowledge or Knowledge.load()
         self.host = short_host(self.alert.primary_host)
         self.by_kind: dict[str, list[Evidence]] = defaultdict(list)
         for item in case.evidence:
             self.by_kind[item.kind].append(item)
 
-    # -- signals ---------------------------------------------------------------------------------
-    def behaviour_signals(self) -> list[Signal]:
-        out: list[Signal] = []
-        for kind, items in self.by_kind.items():
-            if kind not in DIRECT_KINDS | CONTEXT_KINDS:
+    # -- explanations ----------------------------------------------------------------------------
+    def explanations(self, chain: Chain) -> dict[str, list[tuple[str, str, Explanation | None]]]:
+        """Per node key: (name, what, explanation) that account for it, own or inherited from an ancestor."""
+        own: dict[str, list[tuple[str, str, Explanation | None]]] = {}
+        for node in chain.nodes.values():
+            if node.relation not in COUNTED and node.relation != "context":
                 continue
-            factor = 1.0 if kind in DIRECT_KINDS else 0.5
-            for item, row in _rows(items):
-                row_host = short_host(row.get("host.hostname") or row.get("host.name")) or item.entity
-                hits = self.ind.hits(row)
-                tainted = any(not h.benign for h in hits)
-                for hit in hits:
-                    if hit.benign and (kind not in BENIGN_KINDS or item.entity_type == "process_children" or tainted):
-                        continue  # benign automation elsewhere, or mixed with malice, explains nothing
-                    weight = hit.weight if hit.benign else hit.weight * factor
-                    out.append(Signal(hit.name, weight, item.id, _detail(row), row_host, hit.benign))
-        return out
+            found: list[tuple[str, str, Explanation | None]] = []
+            facts = chain.facts(node, self.knowledge, self.ind.is_system_account)
+            for exp in self.knowledge.explain(facts):
+                found.append((exp.name, exp.what, exp))
+            found += self._inventory_explanations(node, facts)
+            if found:
+                own[node.key] = found
+        covered: dict[str, list[tuple[str, str, Explanation | None]]] = {}
+        for node in chain.nodes.values():
+            inherited = list(own.get(node.key, []))
+            parent, seen = chain.parent_of(node), {node.key}
+            while parent is not None and parent.key not in seen:
+                seen.add(parent.key)
+                inherited += [e for e in own.get(parent.key, []) if e[2] is None or e[2].covers == "subtree"]
+                parent = chain.parent_of(parent)
+            if inherited:
+                covered[node.key] = inherited
+        return covered
 
-    def known_software_signals(self) -> list[Signal]:
-        """Known software in the alert's own process, its ancestry, or the service it installed."""
-        out: list[Signal] = []
-        if self.inventory is None:
+    def _inventory_explanations(self, node: Node, facts: ProcessFacts) -> list[tuple[str, str, Explanation | None]]:
+        """The organisation's own inventory: known software by path, tools an identity is sanctioned to run."""
+        out: list[tuple[str, str, Explanation | None]] = []
+        if self.inventory is None or not node.executable:
             return out
-        own = (self.alert.process.executable or "").lower() if self.alert.process else ""
-        own_service = str(self.alert.event.get("service.name") or "").lower()
-        for item, row in _rows(self.by_kind.get("process_lineage", []) + self.by_kind.get("alert_events", [])):
-            if item.entity_type == "process_children":
-                continue
-            service = str(row.get("service.name") or "")
-            if item.kind == "alert_events":
-                same_process = bool(own) and str(row.get("process.executable") or "").lower() == own
-                same_service = bool(own_service) and service.lower() == own_service
-                if not (same_process or same_service):
-                    continue  # other events in the alert window explain nothing about this alert
-            for key in ("process.executable", "process.parent.executable", "service.executable"):
-                path = row.get(key)
-                known = self.inventory.known_software(str(path)) if path else None
-                if known:
-                    out.append(Signal("known_software", 3, item.id, f"{path} is {known.name}", self.host, True))
+        known = self.inventory.known_software(node.executable)
+        if known:
+            out.append(("known_software", f"{node.executable} is {known.name}", None))
+        user = node.user
+        if user and self.inventory.identity(user).sanctions(node.executable):
+            out.append(("sanctioned_tool", f"{user} is sanctioned to run {node.executable}", None))
         return out
 
-    def sanctioned_tool_signals(self) -> list[Signal]:
-        out: list[Signal] = []
-        if self.inventory is None:
-            return out
-        for item, row in _rows(self.by_kind.get("alert_events", []) + self.by_kind.get("process_lineage", [])):
-            user = account(row)
-            exe = str(row.get("process.executable") or "")
-            if not user or not exe:
-                continue
-            identity = self.inventory.identity(user)
-            tools = [str(t).lower() for t in (getattr(identity, "sanctioned_tools", None) or [])]
-            if any(exe.lower().endswith(t.lower().lstrip("*")) or exe.lower() == t for t in tools):
-                out.append(Signal("sanctioned_tool", 2, item.id, f"{user} is sanctioned to run {exe}", self.host, True))
-        return out
-
+    # -- prevalence ------------------------------------------------------------------------------
     def prevalence(self) -> dict[str, dict[str, Any]]:
-        """Per prevalence entity: number of hosts, time span in days, evidence ids."""
+        """Per value: hosts before the alert, hosts around it, first sighting, evidence ids."""
         stats: dict[str, dict[str, Any]] = {}
         for item in self.by_kind.get("prevalence", []):
             if item.status == "error" or not item.entity:
                 continue
-            entry = stats.setdefault(item.entity, {"hosts": set(), "times": [], "ids": [], "type": item.entity_type})
+            entry = stats.setdefault(item.entity, {"before": set(), "around": set(), "first": None, "ids": [],
+                                                   "type": item.entity_type, "hosts": set()})
             entry["ids"].append(item.id)
             for row in item.sample:
                 if "host.hostname" in row and "count" in row:
+                    bucket = "before" if (item.time_range and item.time_range.end <= self.alert.timestamp) else "around"
+                    entry[bucket].add(short_host(row["host.hostname"]))
                     entry["hosts"].add(short_host(row["host.hostname"]))
                 moment = parse_time(row.get("@timestamp"))
-                if moment:
-                    entry["times"].append(moment)
-            if item.count and not item.sample and item.query:
-                entry.setdefault("count", item.count)
-        for entry in stats.values():
-            times: list[datetime] = entry["times"]
-            entry["days"] = (max(times) - min(times)).total_seconds() / 86400 if len(times) >= 2 else 0.0
-            entry["n_hosts"] = len(entry["hosts"])
+                if moment and (entry["first"] is None or moment < entry["first"]):
+                    entry["first"] = moment
         return stats
 
-    def prevalence_signals(self) -> list[Signal]:
-        out: list[Signal] = []
+    def _prevalence_signals(self) -> tuple[list[Signal], list[Signal]]:
+        """Established behaviour (several hosts AND days before the alert) is benign; a never-seen value
+        on many hosts within minutes is spread (malicious). Both only for the alert's own process/service."""
+        benign: list[Signal] = []
+        malicious: list[Signal] = []
         proc = self.alert.process
-        own = {proc.command_line if proc else None, self.alert.event.get("service.executable")} - {None, ""}
+        own = {proc.command_line if proc else None, proc.executable if proc else None,
+               self.alert.event.get("service.executable")} - {None, ""}
+        moment = self.alert.first_seen or self.alert.timestamp
         for value, entry in self.prevalence().items():
             if entry["type"] not in ("process", "service") or value not in own:
                 continue
-            if entry["n_hosts"] >= self.ind.min_hosts or entry["days"] >= self.ind.min_days:
-                what = "command line" if entry["type"] == "process" else "service"
-                detail = f"{what} seen on {entry['n_hosts']} host(s) over {entry['days']:.1f} day(s)"
-                out.append(Signal(f"prevalent_{what.replace(' ', '_')}", 3, entry["ids"][0], detail, self.host, True))
+            first: datetime | None = entry["first"]
+            age_days = (moment - first).total_seconds() / 86400 if first else 0.0
+            if len(entry["before"]) >= self.ind.min_hosts and age_days >= self.ind.min_days:
+                benign.append(Signal("established_behaviour", 3, entry["ids"][0],
+                                     f"{value[:120]} seen on {len(entry['before'])} host(s) before the alert, "
+                                     f"first {age_days:.1f} day(s) earlier", self.host, True))
+            elif first and age_days * 1440 <= self.ind.spread_minutes and len(entry["hosts"]) >= self.ind.min_hosts:
+                malicious.append(Signal("rapid_spread", 3, entry["ids"][0],
+                                        f"{value[:120]} first seen {age_days * 1440:.0f} min before the alert and "
+                                        f"already on {len(entry['hosts'])} host(s)", self.host))
+        return benign, malicious
+
+    # -- signals ---------------------------------------------------------------------------------
+    def chain_signals(self, chain: Chain, covered: dict[str, list[tuple[str, str, Explanation | None]]]
+                      ) -> tuple[list[Signal], list[Signal]]:
+        """(malicious signals the chain shows and nothing explains, explained ones)."""
+        weights = {i.name: i.weight for i in self.ind.indicators}
+        counted: list[Signal] = []
+        explained: list[Signal] = []
+        for node in chain.members(COUNTED):
+            explanations = covered.get(node.key, [])
+            named = {n for _, _, e in explanations if e is not None for n in e.explains}
+            for eid, row in node.all_rows():
+                for hit in self.ind.hits(row):
+                    if hit.benign:
+                        continue
+                    sig = Signal(hit.name, hit.weight, eid, _detail(row), node.host, relation=node.relation)
+                    if explanations and (weights.get(hit.name, 0) < STRONG or hit.name in named):
+                        explained.append(sig)
+                    else:
+                        counted.append(sig)
+        for eid, row in chain.events + chain.services + chain.droppers:
+            node_key = str(row.get("process.entity_id") or "")
+            if node_key and node_key in chain.nodes and chain.nodes[node_key].relation in COUNTED:
+                continue  # already read with its process
+            for hit in self.ind.hits(row):
+                if not hit.benign:
+                    counted.append(Signal(hit.name, hit.weight, eid, _detail(row),
+                                          short_host(row.get("host.hostname")) or self.host))
+        return counted, explained
+
+    def context_signals(self, chain: Chain) -> list[Signal]:
+        """Malicious behaviour on the host that is not part of this alert's chain."""
+        members = {n.key for n in chain.members(COUNTED)}
+        out: list[Signal] = []
+        for kind in ("host_activity", "network_connections", "persistence_check", "sigma", "hunt", "logon_activity"):
+            for item, row in _rows(self.by_kind.get(kind, [])):
+                key = row.get("process.entity_id") or (
+                    f"{short_host(row.get('host.hostname'))}|{row.get('process.pid')}" if row.get("process.pid") else None)
+                if key and key in members:
+                    continue
+                for hit in self.ind.hits(row):
+                    if not hit.benign and hit.weight >= 3:
+                        out.append(Signal(hit.name, hit.weight, item.id, _detail(row),
+                                          short_host(row.get("host.hostname")) or item.entity, relation="context"))
         return out
 
-    def rare_external(self) -> list[tuple[str, str]]:
-        """(ip, evidence id) of external destinations seen on at most `rare_max_hosts` hosts."""
-        stats = self.prevalence()
+    def related_cases(self) -> list[tuple[str, str]]:
+        """(case id, evidence id) of other cases on the same host that hold malicious activity."""
         out = []
-        for item, row in _rows(self.by_kind.get("network_connections", [])):
-            ip = row.get("destination.ip")
-            if not is_external_ip(ip):
-                continue
-            entry = stats.get(str(ip))
-            if entry and entry["n_hosts"] <= self.ind.rare_max_hosts and str(ip) not in {i for i, _ in out}:
-                out.append((str(ip), entry["ids"][0]))
+        for item, row in _rows(self.by_kind.get("related_cases", [])):
+            if row.get("case") and row.get("verdict") in ("malicious", "suspicious"):
+                out.append((str(row["case"]), item.id))
         return out
 
     # -- scope -----------------------------------------------------------------------------------
-    def remote_logons(self) -> list[tuple[Evidence, dict[str, Any]]]:
-        out = []
-        for item, row in _rows(self.by_kind.get("logon_activity", [])):
-            if str(row.get("event.code")) != "4624" or str(row.get("logon.type")) not in REMOTE_LOGON_TYPES:
-                continue
-            if self.ind.is_system_account(account(row)) or not is_internal_ip(row.get("source.ip")):
-                continue
-            out.append((item, row))
-        return out
-
-    def lateral_destinations(self, own: set[str]) -> list[str]:
-        """Internal hosts a suspicious process on the alert host reached on remote-administration ports."""
-        out: list[str] = []
-        for _, row in _rows(self.by_kind.get("network_connections", [])):
-            ip = str(row.get("destination.ip") or "")
-            if not is_internal_ip(ip) or ip in own or str(row.get("destination.port")) not in ADMIN_PORTS:
-                continue
-            if str(row.get("network.direction", "outbound")) == "inbound":
-                continue
-            if self.ind.malice(row) > 0 or REMOTE_TOOLS.search(str(row.get("process.executable") or "")):
-                if ip not in out:
-                    out.append(ip)
-        return out
-
-    def process_owners(self) -> list[str]:
-        """Users that events of the traced process name (its start event may predate the data)."""
-        owners: list[str] = []
-        for _, row in _rows(self.by_kind.get("process_lineage", [])):
-            if "count" in row and row.get("user.name"):
-                user = account(row)
-                if user and not self.ind.is_system_account(user) and user not in owners:
-                    owners.append(user)
-        return owners
-
-    def logons_before_alert(self, minutes: float = 10.0) -> list[str]:
-        """People who logged on to the alert host from another machine just before it fired."""
+    def chain_users(self, chain: Chain) -> list[str]:
+        """Who ran the chain: its processes' users, its sessions' accounts, explicit credentials it used."""
         users: list[str] = []
-        start = (self.alert.first_seen or self.alert.timestamp).timestamp() - minutes * 60
-        end = (self.alert.last_seen or self.alert.timestamp).timestamp() + 120
-        for item, row in _rows(self.by_kind.get("logon_activity", [])):
-            if str(row.get("event.code")) != "4624" or str(row.get("logon.type")) not in REMOTE_LOGON_TYPES:
+
+        def add(user: str | None) -> None:
+            if user and not self.ind.is_system_account(user) and user not in users:
+                users.append(user)
+
+        for node in chain.members(COUNTED):
+            if node.relation == "ancestor" and self.knowledge.is_root(node.executable):
                 continue
-            if str(row.get("source.ip") or "").startswith(("127.", "::1")):
-                continue
-            moment = parse_time(row.get("@timestamp"))
-            host = short_host(row.get("host.hostname") or row.get("host.name"))
-            if item.entity_type == "host" and host == self.host and moment and start <= moment.timestamp() <= end \
-                    and not self.ind.is_system_account(account(row)):
-                user = account(row)
-                if user and user not in users:
-                    users.append(user)
+            add(node.user)
+        for _, row in chain.sessions:
+            if str(row.get("event.code")) in ("4624", "4648"):
+                add(account(row))
+                if row.get("source.user.name"):
+                    add(account({"user.name": row["source.user.name"], "user.domain": row.get("winlog.event_data.SubjectDomainName")}))
+        for _, row in chain.services + chain.events:
+            add(account(row))
+        for user in self.alert.entities.users:
+            add(user)
         return users
 
-    def own_addresses(self) -> set[str]:
-        addrs: set[str] = set()
-        for item, row in _rows(self.by_kind.get("host_addresses", [])):
-            if item.entity_type == "host" and short_host(item.entity) == self.host and row.get("source.ip"):
-                addrs.add(str(row["source.ip"]))
-        return addrs
+    def remote_hosts(self, chain: Chain) -> dict[str, float]:
+        """Other hosts of the chain and the malice their part of it shows."""
+        hosts: dict[str, float] = {}
+        for node in chain.members(["remote"]):
+            score = sum(h.weight for _, row in node.all_rows() for h in self.ind.hits(row) if not h.benign)
+            hosts[node.host] = max(hosts.get(node.host, 0.0), score)
+        for item in self.by_kind.get("remote_execution", []):
+            if item.status == "ok":
+                for row in item.sample:
+                    host = short_host(row.get("host.hostname"))
+                    if host and host != self.host:
+                        hosts.setdefault(host, 0.0)
+        return hosts
 
-    def ip_hosts(self) -> dict[str, set[str]]:
-        resolved: dict[str, set[str]] = defaultdict(set)
-        for item, row in _rows(self.by_kind.get("host_addresses", [])):
-            if item.entity_type == "ip" and row.get("host.hostname"):
-                resolved[str(item.entity)].add(short_host(row["host.hostname"]))
-            if item.entity_type == "host" and row.get("source.ip"):
-                resolved[str(row["source.ip"])].add(short_host(item.entity))
-        return resolved
-
-    def host_malice(self, host: str) -> tuple[float, list[Signal]]:
-        signals = [s for s in self.behaviour_signals() if not s.benign and short_host(s.host) == host]
-        best: dict[str, Signal] = {}
-        for s in signals:
-            if s.name not in best or s.weight > best[s.name].weight:
-                best[s.name] = s
-        return sum(s.weight for s in best.values()), list(best.values())
-
-    def hunted_hosts(self) -> set[str]:
-        return {short_host(e.entity) for e in self.by_kind.get("host_activity", []) if e.status != "error"}
+    def rare_external(self, chain: Chain) -> list[tuple[str, str]]:
+        """(ip, evidence id) of external destinations of the chain seen on at most `rare_max_hosts` hosts."""
+        stats = self.prevalence()
+        out: list[tuple[str, str]] = []
+        for node in chain.members(COUNTED):
+            for eid, row in node.rows:
+                ip = str(row.get("destination.ip") or "")
+                if not is_external_ip(ip) or ip in {i for i, _ in out}:
+                    continue
+                entry = stats.get(ip)
+                if entry is None or len(entry["hosts"]) <= self.ind.rare_max_hosts:
+                    out.append((ip, entry["ids"][0] if entry else eid))
+        return out
 
     # -- verdict ---------------------------------------------------------------------------------
     def assess(self) -> Assessment:
-        signals = self.behaviour_signals() + self.known_software_signals() + self.sanctioned_tool_signals()
-        signals += self.prevalence_signals()
-        rare = self.rare_external()
-        for ip, eid in rare:
-            signals.append(Signal("rare_external_destination", 2, eid, f"destination {ip} seen on no other host", self.host))
+        key = (self.case.id, tuple(e.id for e in self.case.evidence), id(self.inventory))
+        if key in _MEMO:
+            return _MEMO[key]
+        result = self._assess()
+        if len(_MEMO) > 256:
+            _MEMO.clear()
+        _MEMO[key] = result
+        return result
 
-        own = self.own_addresses()
-        resolved = self.ip_hosts()
-        hunted = self.hunted_hosts()
-        candidate_hosts: list[str] = []
-        candidate_ips: list[str] = []
-        lateral_users: dict[str, list[str]] = defaultdict(list)  # host -> users
-        logon_ids: dict[str, list[str]] = defaultdict(list)
-        for item, row in self.remote_logons():
-            target = short_host(row.get("host.hostname") or row.get("host.name"))
-            src_ip = str(row.get("source.ip"))
-            user = account(row) or ""
-            if target and target != self.host and item.entity_type == "ip":
-                candidate_hosts.append(target)  # logon from the alert host onto another host
-                lateral_users[target].append(user)
-                logon_ids[target].append(item.id)
-            elif target == self.host and src_ip not in own:
-                origin = sorted(resolved.get(src_ip, set()) - {self.host})
-                if origin:
-                    candidate_hosts.extend(origin)
-                    for host in origin:
-                        lateral_users[host].append(user)
-                        logon_ids[host].append(item.id)
-                elif src_ip not in candidate_ips:
-                    candidate_ips.append(src_ip)
-        for ip in self.lateral_destinations(own):
-            owners = sorted(resolved.get(ip, set()) - {self.host})
-            if owners:
-                candidate_hosts.extend(owners)
-            elif ip not in candidate_ips:
-                candidate_ips.append(ip)
-        candidate_hosts = sorted(set(candidate_hosts))
+    def _assess(self) -> Assessment:
+        chain = build(self.case)
+        covered = self.explanations(chain)
+        counted, explained = self.chain_signals(chain, covered)
+        established, spread = self._prevalence_signals()
+        counted += spread
+        context = self.context_signals(chain)
+        related = self.related_cases()
 
-        # Distinct-indicator scoring: the strongest instance of each indicator counts once.
         best: dict[str, Signal] = {}
-        for s in signals:
-            if s.host and short_host(s.host) != self.host and not s.benign:
-                continue  # other hosts' behaviour is judged when scoping them
-            key = ("b:" if s.benign else "m:") + s.name
-            if key not in best or s.weight > best[key].weight:
-                best[key] = s
-        malicious = [s for k, s in best.items() if k.startswith("m:")]
-        benign = [s for k, s in best.items() if k.startswith("b:")]
+        for s in counted:
+            if s.name not in best or s.weight > best[s.name].weight:
+                best[s.name] = s
+        malicious = sorted(best.values(), key=lambda s: -s.weight)
         malice = sum(s.weight for s in malicious)
-        benign_score = sum(s.weight for s in benign)
-        direct = [s for s in malicious if s.weight >= 2 and self._is_direct(s)]
-        strong = [s for s in malicious if s.weight >= 4 and self._is_direct(s)]
+        strong = [s for s in malicious if s.weight >= STRONG]
+        corroborated = malice >= CORROBORATION and len([s for s in malicious if s.weight >= 2]) >= 2
 
-        confirmed: list[str] = []
-        for host in candidate_hosts:
-            score, _ = self.host_malice(host)
-            if host in hunted and score >= 2:
-                confirmed.append(host)
-
-        # With a positive benign explanation of the alert's own process, what else happened on the host
-        # (judged in its own alerts) does not stop this one from being closed; its own process tree does.
-        weighed = sum(s.weight for s in malicious if self._is_direct(s)) if benign_score >= 3 else malice
-        corroborated = malice >= CORROBORATION and len([s for s in malicious if s.weight >= 1.5]) >= 3
-        if strong or corroborated or (confirmed and malice >= 3):
+        benign = self._benign_signals(chain, covered) + established
+        if strong or corroborated:
             verdict: Verdict = "malicious"
-            confidence: Confidence = "high" if (strong or corroborated or confirmed) else "medium"
-        elif benign_score >= 3 and not [d for d in direct if d.weight >= 3] and weighed <= benign_score / 2:
-            # Benign evidence (known software, prevalence, platform automation) must clearly outweigh
-            # whatever weak oddities (a hidden window, a discovery command) the process shows.
-            verdict, confidence = "benign", ("high" if benign_score >= 5 else "medium")
+            confidence: Confidence = "high"
+        elif benign and malice < BENIGN_TOLERANCE:
+            verdict, confidence = "benign", ("high" if malice == 0 else "medium")
         elif malice >= 3:
             verdict, confidence = "suspicious", "medium"
         else:
             verdict, confidence = "suspicious", "low"
 
+        remote = self.remote_hosts(chain)
         affected_hosts = [self.host] if self.host else []
+        users: list[str] = []
         if verdict != "benign":
-            affected_hosts += [h for h in confirmed if h not in affected_hosts]
-        users = self._alert_users()
-        if verdict != "benign":
-            for _, row in _rows(self.by_kind.get("alert_events", []) + self.by_kind.get("process_lineage", [])):
-                user = account(row)
-                if user and not self.ind.is_system_account(user) and self.ind.malice(row) > 0 and user not in users:
-                    users.append(user)
-            for host in confirmed:
-                for user in lateral_users.get(host, []):
-                    if user and user not in users:
-                        users.append(user)
-            for user in self.process_owners() + self.logons_before_alert():
-                if user not in users:
-                    users.append(user)
-        findings = self._findings(verdict, malicious, benign, confirmed, lateral_users, logon_ids)
-        if corroborated and not strong:
-            top = sorted(malicious, key=lambda s: -s.weight)[:5]
-            findings.insert(0, Finding(agent="", kind="malicious", confidence="high",
-                                       statement="independent malicious behaviours corroborate each other: "
-                                                 + ", ".join(s.name for s in top),
-                                       evidence_ids=sorted({s.evidence_id for s in top}), entities=[self.host]))
-        procs = self._malicious_processes()
-        summary = self._summary(verdict, confidence, malicious, benign, affected_hosts, users)
+            affected_hosts += [h for h, score in remote.items() if score >= 2 and h not in affected_hosts]
+            users = self.chain_users(chain)
+        rare = self.rare_external(chain) if verdict == "malicious" else []
+        findings = self._findings(verdict, malicious, benign, explained, context, related, corroborated and not strong)
+        summary = self._summary(verdict, confidence, malicious, benign, context, related, affected_hosts, users)
         return Assessment(
-            verdict=verdict, confidence=confidence, malice=malice, benign=benign_score, signals=signals,
-            findings=findings, affected_hosts=affected_hosts, affected_users=users,
-            candidate_hosts=candidate_hosts, candidate_ips=candidate_ips,
-            rare_external_ips=[ip for ip, _ in rare], malicious_processes=procs, summary=summary,
+            verdict=verdict, confidence=confidence, malice=malice, benign=sum(s.weight for s in benign),
+            signals=malicious + benign, context=context, findings=findings, affected_hosts=affected_hosts,
+            affected_users=users, candidate_hosts=sorted(remote), candidate_ips=[],
+            rare_external_ips=[ip for ip, _ in rare], malicious_processes=self._malicious_processes(chain, verdict),
+            related_cases=[c for c, _ in related], summary=summary,
         )
 
-    def _is_direct(self, signal: Signal) -> bool:
-        kinds = {e.id: e.kind for e in self.case.evidence}
-        return kinds.get(signal.evidence_id) in DIRECT_KINDS or kinds.get(signal.evidence_id) == "prevalence"
-
-    def _alert_users(self) -> list[str]:
-        users = []
-        for user in self.alert.entities.users:
-            if user and not self.ind.is_system_account(user) and user not in users:
-                users.append(user)
-        return users
-
-    def _malicious_processes(self) -> list[dict[str, Any]]:
+    def _benign_signals(self, chain: Chain, covered: dict[str, list[tuple[str, str, Explanation | None]]]
+                        ) -> list[Signal]:
+        """Positive explanations of the alert's own processes — every one of them must be explained
+        (nothing else may close the alert)."""
+        subjects = [chain.nodes[k] for k in chain.alert_keys if k in chain.nodes]
+        if not subjects or any(not covered.get(n.key) for n in subjects):
+            return []
         out = []
-        for _, row in _rows(self.by_kind.get("alert_events", []) + self.by_kind.get("process_lineage", [])):
-            if self.ind.malice(row) >= 3 and row.get("process.pid") not in (None, ""):
-                key = (row.get("host.hostname"), row.get("process.pid"), row.get("process.executable"))
-                if key not in [(p["host"], p["pid"], p["executable"]) for p in out]:
-                    out.append({"host": short_host(row.get("host.hostname") or self.host), "pid": row.get("process.pid"),
-                                "executable": row.get("process.executable")})
+        for subject in subjects:
+            cite = subject.start_id or next((eid for eid, _ in subject.rows), None)
+            for name, what, exp in covered.get(subject.key, []):
+                if cite:
+                    source = f" [{exp.source[:140]}]" if exp is not None and exp.source else ""
+                    out.append(Signal(name, 3, cite, f"{what}{source}", subject.host, True, relation="subject"))
         return out
 
-    def _findings(self, verdict: Verdict, malicious: list[Signal], benign: list[Signal], confirmed: list[str],
-                  lateral_users: dict[str, list[str]], logon_ids: dict[str, list[str]]) -> list[Finding]:
+    def _malicious_processes(self, chain: Chain, verdict: str) -> list[dict[str, Any]]:
+        if verdict != "malicious":
+            return []
+        out = []
+        for node in chain.members(COUNTED):
+            start = node.start or {}
+            if node.host != self.host or start.get("process.pid") in (None, ""):
+                continue
+            if self.knowledge.is_root(node.executable):
+                continue
+            if any(self.ind.malice(row) >= 3 for _, row in node.all_rows()):
+                out.append({"host": node.host, "pid": start.get("process.pid"), "executable": node.executable})
+        return out[:5]
+
+    def _findings(self, verdict: Verdict, malicious: list[Signal], benign: list[Signal], explained: list[Signal],
+                  context: list[Signal], related: list[tuple[str, str]], corroborated: bool) -> list[Finding]:
         findings: list[Finding] = []
-        for s in sorted(malicious, key=lambda s: -s.weight):
+        if corroborated:
+            top = malicious[:5]
+            findings.append(Finding(agent="", kind="malicious", confidence="high",
+                                    statement="independent malicious behaviours of the alert's chain corroborate "
+                                              "each other: " + ", ".join(s.name for s in top),
+                                    evidence_ids=sorted({s.evidence_id for s in top}), entities=[self.host]))
+        for s in malicious:
             kind = "malicious" if s.weight >= 3 else "suspicious"
-            conf: Confidence = "high" if s.weight >= 4 and self._is_direct(s) else ("medium" if s.weight >= 2 else "low")
-            findings.append(Finding(agent="", kind=kind, confidence=conf, statement=f"{s.name}: {s.detail}",
+            conf: Confidence = "high" if s.weight >= STRONG else ("medium" if s.weight >= 2 else "low")
+            findings.append(Finding(agent="", kind=kind, confidence=conf,
+                                    statement=f"{s.name} ({s.relation} of the alert's chain): {s.detail}",
                                     evidence_ids=[s.evidence_id], entities=[s.host] if s.host else []))
         for s in benign:
-            findings.append(Finding(agent="", kind="benign", confidence="high" if s.weight >= 3 else "medium",
-                                    statement=f"{s.name}: {s.detail}", evidence_ids=[s.evidence_id],
-                                    entities=[s.host] if s.host else []))
-        for host in confirmed:
-            score, host_signals = self.host_malice(host)
-            ids = sorted(set(logon_ids.get(host, []) + [s.evidence_id for s in host_signals]))
-            users = ", ".join(sorted({u for u in lateral_users.get(host, []) if u}))
-            findings.append(Finding(agent="", kind="malicious", confidence="high" if score >= 4 else "medium",
-                                    statement=f"lateral movement: {host} linked by logons of {users or 'unknown'} "
-                                              f"and shows {', '.join(s.name for s in host_signals)}",
-                                    evidence_ids=ids, entities=[host]))
+            findings.append(Finding(agent="", kind="benign", confidence="high", statement=f"{s.name}: {s.detail}",
+                                    evidence_ids=[s.evidence_id], entities=[s.host] if s.host else []))
+        if explained and verdict == "benign":
+            names = sorted({s.name for s in explained})
+            findings.append(Finding(agent="", kind="context", confidence="medium",
+                                    statement="accounted for by the explanation: " + ", ".join(names),
+                                    evidence_ids=sorted({s.evidence_id for s in explained})[:5]))
+        seen: set[str] = set()
+        for s in sorted(context, key=lambda s: -s.weight):
+            if s.name in seen:
+                continue
+            seen.add(s.name)
+            findings.append(Finding(agent="", kind="context", confidence="medium",
+                                    statement=f"host {s.host} also shows {s.name} outside this alert's chain: {s.detail}",
+                                    evidence_ids=[s.evidence_id], entities=[s.host] if s.host else []))
+        for case_id, eid in related:
+            findings.append(Finding(agent="", kind="context", confidence="high",
+                                    statement=f"related case {case_id} holds malicious activity on this host",
+                                    evidence_ids=[eid], entities=[case_id]))
         return findings
 
     def _summary(self, verdict: str, confidence: str, malicious: list[Signal], benign: list[Signal],
-                 hosts: list[str], users: list[str]) -> str:
-        why = ", ".join(s.name for s in sorted(malicious, key=lambda s: -s.weight)[:5]) or "no malicious behaviour"
+                 context: list[Signal], related: list[tuple[str, str]], hosts: list[str], users: list[str]) -> str:
+        why = ", ".join(f"{s.name} ({s.relation})" for s in malicious[:5]) or "no malicious behaviour"
         ok = ", ".join(s.name for s in benign) or "no benign explanation"
-        return (f"{verdict} ({confidence}): behaviour [{why}]; benign evidence [{ok}]; "
+        text = (f"{verdict} ({confidence}): the alert's chain shows [{why}]; benign explanation [{ok}]; "
                 f"hosts {', '.join(hosts) or '-'}; accounts {', '.join(users) or '-'}")
+        names = sorted({s.name for s in context})
+        if names:
+            text += f"; host context (not this alert): {', '.join(names[:5])}"
+        if related:
+            text += f"; related case(s): {', '.join(sorted({c for c, _ in related}))}"
+        return text

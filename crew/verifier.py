@@ -25,6 +25,7 @@ class EvidenceRequirements:
         self.categories: dict[str, dict[str, Any]] = data.get("categories") or {}
         self.pivot_entities: list[str] = list(data.get("pivot_entities") or ["host", "user", "process", "ip"])
         self.benign_requires: list[str] = list(data.get("benign_requires") or [])
+        self.benign_requires_traced: list[str] = list(data.get("benign_requires_traced") or [])
         self.malicious_min_confidence: str = str(data.get("malicious_min_confidence", "high"))
 
     @classmethod
@@ -63,7 +64,7 @@ def names_a_process(case: Case) -> bool:
     if proc and (proc.executable or proc.pid is not None or proc.entity_id):
         return True
     return any(row.get("process.executable") or row.get("process.pid") not in (None, "")
-               for e in case.evidence if e.kind in ("alert_events", "host_activity") for row in e.sample)
+               for e in case.evidence if e.kind == "alert_events" for row in e.sample)
 
 
 def _matches(entity_type: str, wanted: str, item_entity: str | None) -> bool:
@@ -86,6 +87,9 @@ def verify(case: Case, requirements: EvidenceRequirements, inventory: Any) -> Ve
     # 1. required kinds present (ok or empty)
     accepted = ("ok",) if case.verdict == "benign" else ("ok", "empty")  # closing needs something found
     missing = [k for k in required if not any(e.kind == k and e.status in accepted for e in evidence)]
+    if case.verdict == "benign":
+        missing += [k for k in requirements.benign_requires_traced if k not in missing
+                    and not any(e.kind == k and e.status in ("ok", "empty") for e in evidence)]
     for kind in missing:
         gaps.append(Gap(check="required_evidence", detail=f"no {kind} evidence", hint=kind))
     if not missing:
@@ -168,7 +172,7 @@ def verdict_problem(case: Case, requirements: EvidenceRequirements, deterministi
             return "verdict benign contradicts malicious findings"
         benign = [f for f in case.findings if f.kind == "benign"
                   and any(evidence.get(i) and evidence[i].status == "ok" and evidence[i].kind in
-                          {"prevalence", "process_lineage", "alert_events", "asset_context"} for i in f.evidence_ids)]
+                          {"prevalence", "process_lineage", "process_activity", "alert_events", "asset_context"} for i in f.evidence_ids)]
         if not benign:
             return "verdict benign without benign evidence (lineage, prevalence or known software)"
         if deterministic is not None and deterministic != "benign":

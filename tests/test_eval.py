@@ -1,5 +1,7 @@
-"""`siemcrew eval` on a small dataset laid out like datasets/otrf: stray and broken files are counted,
-recordings that reuse host names are kept apart, the report explains misses, bars fail the run."""
+"""`siemcrew eval` on small datasets laid out like datasets/otrf: stray and broken files are counted,
+recordings that reuse host names are kept apart, the report explains misses, bars fail the run; several
+datasets are scored together and per split, in worker processes or not with the same result; the verdict
+metrics make "suspicious" cost what it costs (an analyst)."""
 
 from __future__ import annotations
 
@@ -7,41 +9,59 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
+import pytest
 from conftest import OTRF, SHARED, run_cli
 
-from siemcrew.evaluation import METRIC_KEYS, evaluate, render_markdown
+from siemcrew.evaluation import METRIC_KEYS, EvalError, check_requirements, evaluate, render_markdown, summarize
 
 RECORDING = "SDWIN-190518202151_empire_mimikatz_logonpasswords"
 RULES = SHARED / "datasets" / "detection-content" / "sigma"
 
 
-def _dataset(tmp_path: Path) -> Path:
-    """Two recordings with the same hosts (WORKSTATION5), one of them carrying junk files."""
-    root = tmp_path / "otrf"
-    rows = [r for r in csv.DictReader((OTRF / "alerts_dev_labelled.csv").open(encoding="utf-8"))
-            if r["dataset"] == RECORDING][:2]
-    twin = RECORDING + "_twin"
-    for name in (RECORDING, twin):
-        folder = root / "dev" / name
-        folder.mkdir(parents=True)
+def _rows(count: int) -> list[dict[str, str]]:
+    """The first labelled alerts of RECORDING, as the real CSV has them."""
+    with (OTRF / "alerts_dev_labelled.csv").open(encoding="utf-8") as handle:
+        return [r for r in csv.DictReader(handle) if r["dataset"] == RECORDING][:count]
+
+
+def _build(root: Path, folder: str, recordings: dict[str, list[dict[str, str]]]) -> Path:
+    """A dataset laid out like datasets/otrf: every recording is a copy of RECORDING under `root/folder`, with
+    its labels in alerts_<folder>_labelled.csv and RECORDING's ground truth in ground_truth_<folder>.json."""
+    for name in recordings:
+        target = root / folder / name
+        target.mkdir(parents=True)
         for source in (OTRF / "dev" / RECORDING).glob("*.zip"):
-            shutil.copy(source, folder / source.name)
-    junk = root / "dev" / twin
-    (junk / "conn.log").write_text("#separator \\x09\n#fields\tts\tuid\tid.orig_h\n1600000000.0\tC1\t10.0.0.1\n",
-                                   encoding="utf-8")
-    (junk / "truncated.json").write_text('{"EventID": 1, "Hostname": "WORKSTATION5", "Ima', encoding="utf-8")
-    twin_rows = [dict(r, dataset=twin) for r in rows]
-    # the twin's first alert is relabelled as benign background: it must be scored against the twin only
-    twin_rows[0]["label"] = "FP_benign_background"
-    with (root / "alerts_dev_labelled.csv").open("w", encoding="utf-8", newline="") as handle:
+            shutil.copy(source, target / source.name)
+    rows = [dict(r, dataset=name) for name, items in recordings.items() for r in items]
+    with (root / f"alerts_{folder}_labelled.csv").open("w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(rows + twin_rows)
+        writer.writerows(rows)
     truth = json.loads((OTRF / "ground_truth_dev.json").read_text(encoding="utf-8"))
     entry = next(e for e in truth if Path(e["dir"]).name == RECORDING)
-    twin_entry = dict(entry, dir=f"dev/{twin}")
-    (root / "ground_truth_dev.json").write_text(json.dumps([entry, twin_entry]), encoding="utf-8")
+    entries = [dict(entry, dir=f"{folder}/{name}") for name in recordings]
+    (root / f"ground_truth_{folder}.json").write_text(json.dumps(entries), encoding="utf-8")
+    return root
+
+
+def _junk(folder: Path) -> None:
+    """A Zeek log the loader does not read and a truncated JSON file: both counted as skipped."""
+    (folder / "conn.log").write_text("#separator \\x09\n#fields\tts\tuid\tid.orig_h\n1600000000.0\tC1\t10.0.0.1\n",
+                                     encoding="utf-8")
+    (folder / "truncated.json").write_text('{"EventID": 1, "Hostname": "WORKSTATION5", "Ima', encoding="utf-8")
+
+
+def _dataset(tmp_path: Path) -> Path:
+    """Two recordings with the same hosts (WORKSTATION5), one of them carrying junk files."""
+    rows = _rows(2)
+    twin_rows = [dict(r) for r in rows]
+    # the twin's first alert is relabelled as benign background: it must be scored against the twin only
+    twin_rows[0]["label"] = "FP_benign_background"
+    twin = RECORDING + "_twin"
+    root = _build(tmp_path / "otrf", "dev", {RECORDING: rows, twin: twin_rows})
+    _junk(root / "dev" / twin)
     return root
 
 
@@ -57,7 +77,7 @@ def test_eval_scores_every_alert_counts_junk_and_reports_misses(tmp_path: Path) 
     assert result["unsupported_findings"] == 0
     for row in result["per_alert"]:
         assert {"dataset", "rule", "label", "verdict", "hosts", "accounts", "verification", "seconds"} <= set(row)
-        assert row["hosts"] == ["WORKSTATION5"]
+        assert row["hosts"] == ["WORKSTATION5"] and row["split"] == "dev"
     report = render_markdown(result)
     assert "Confusion matrix" in report and "Per technique" in report
     assert "FP_benign_background" in report and "case says:" in report
@@ -67,12 +87,16 @@ def test_eval_cli_fails_under_a_quality_bar(tmp_path: Path) -> None:
     dataset = _dataset(tmp_path)
     out = tmp_path / "report.md"
     proc = run_cli("eval", "--dataset", str(dataset), "--rules", str(RULES), "--json", "--out", str(out),
-                   "--require", "tp_recall>=0.95", "--require", "fp_rate<=0.5", timeout=400)
+                   "--require", "tp_recall>=0.95", "--require", "fp_rate<=0.5", "--require", "analyst_queue_rate<=1",
+                   timeout=400)
     assert proc.returncode == 7, proc.stderr[-2000:]
-    assert "fp_rate" in proc.stderr and json.loads(proc.stdout)["tp_recall"] == 1.0
+    assert "fp_rate" in proc.stderr and "analyst_queue_rate" not in proc.stderr
+    result = json.loads(proc.stdout)  # worker processes (default --jobs) print nothing on stdout
+    assert result["tp_recall"] == 1.0 and "per_split" not in result
     assert out.read_text(encoding="utf-8").startswith("# siemcrew evaluation")
-    bad = run_cli("eval", "--dataset", str(dataset), "--require", "nonsense>=1")
+    bad = run_cli("eval", "--dataset", str(dataset), "--dataset", str(dataset), "--require", "nonsense>=1")
     assert bad.returncode == 1 and "unknown metric" in bad.stderr
+    assert run_cli("eval", "--dataset", str(dataset), "--jobs", "0").returncode == 2
 
 
 def test_ground_truth_is_found_by_folder_name_or_dataset_id() -> None:
@@ -82,3 +106,113 @@ def test_ground_truth_is_found_by_folder_name_or_dataset_id() -> None:
     assert truth_for(truth, "dev/SDWIN-1_x") is truth["dev/SDWIN-1_x"]
     assert truth_for(truth, "SDWIN-22_renamed_folder") is truth["other"]
     assert truth_for(truth, "SDWIN-3_unknown") is None
+
+
+def _row(label: str, verdict: str, split: str = "dev") -> dict[str, Any]:
+    """A scored alert as evaluate() writes it, with perfect scope and evidence."""
+    return {"split": split, "dataset": "rec", "rule": "Some Rule", "rule_path": None, "techniques": "attack.t1003",
+            "host": "H1", "label": label, "verdict": verdict, "hosts": ["H1"], "accounts": ["alice"],
+            "truth_hosts": ["H1"], "truth_accounts": ["alice"], "verification": "complete", "seconds": 1.0,
+            "queries": 3, "llm_calls": 0, "unsupported_findings": 0, "summary": "", "gaps": [], "case_id": None}
+
+
+def _verdicts(result: dict[str, Any]) -> dict[str, Any]:
+    keys = ("tp_recall", "tp_malicious_rate", "fp_rate", "fp_malicious_rate", "analyst_queue_rate")
+    return {k: result[k] for k in keys}
+
+
+def test_verdict_metrics_separate_malicious_from_suspicious_and_count_the_analyst_queue() -> None:
+    rows = [_row("TP_attack", v) for v in ("malicious", "malicious", "suspicious", "error")]
+    rows += [_row("FP_benign_background", v) for v in ("benign", "benign", "malicious", "inconclusive")]
+    assert _verdicts(summarize(rows, 0)) == {"tp_recall": 0.75, "tp_malicious_rate": 0.5, "fp_rate": 0.5,
+                                             "fp_malicious_rate": 0.25, "analyst_queue_rate": 0.375}
+    thirds = summarize([_row("TP_attack", v) for v in ("malicious", "malicious", "suspicious")], 0)
+    assert thirds["tp_malicious_rate"] == 0.6667 and thirds["tp_recall"] == 1.0
+    # no benign alert: the benign ratios are 0.0, not a division error; no alert at all: every ratio is 0.0
+    assert thirds["fp_rate"] == 0.0 and thirds["fp_malicious_rate"] == 0.0 and thirds["analyst_queue_rate"] == 0.3333
+    assert set(_verdicts(summarize([], 0)).values()) == {0.0}
+
+
+def test_escalating_everything_as_suspicious_scores_badly() -> None:
+    rows = [_row("TP_attack", "suspicious") for _ in range(3)] + [_row("FP_benign_background", "suspicious")]
+    assert _verdicts(summarize(rows, 0)) == {"tp_recall": 1.0, "tp_malicious_rate": 0.0, "fp_rate": 1.0,
+                                             "fp_malicious_rate": 0.0, "analyst_queue_rate": 1.0}
+
+
+def test_metrics_per_split_only_when_alerts_span_several() -> None:
+    rows = [_row("TP_attack", "malicious"), _row("TP_attack", "malicious"),
+            _row("FP_benign_background", "benign", "dev2"), _row("FP_benign_background", "malicious", "dev2")]
+    result = summarize(rows, 3, {"dev2": 3})
+    assert set(result) == set(METRIC_KEYS) | {"per_alert", "per_split"}
+    dev, dev2 = result["per_split"]["dev"], result["per_split"]["dev2"]
+    assert set(dev) == set(dev2) == set(METRIC_KEYS)
+    assert (dev["alerts"], dev["tp_malicious_rate"], dev["fp_rate"], dev["skipped_files"]) == (2, 1.0, 0.0, 0)
+    assert (dev2["alerts"], dev2["tp_recall"], dev2["fp_malicious_rate"], dev2["skipped_files"]) == (2, 0.0, 0.5, 3)
+    assert (result["fp_malicious_rate"], result["tp_malicious_rate"], result["skipped_files"]) == (0.5, 1.0, 3)
+    report = render_markdown(result)
+    assert report.index("## Verdict quality") < report.index("## All metrics") < report.index("## Confusion matrix")
+    assert "| metric | all | dev | dev2 |" in report and "| fp_malicious_rate | 0.5 | 0.0 | 0.5 |" in report
+    assert "### Split dev" in report and "### Split dev2" in report and "**dev2 / rec / Some Rule**" in report
+    single = summarize(rows[:2], 0)
+    assert "per_split" not in single and "| metric | value |" in render_markdown(single)
+
+
+def test_requirements_accept_the_verdict_metrics() -> None:
+    bars = ["tp_malicious_rate>=0.85", "fp_malicious_rate<=0.02", "analyst_queue_rate<=0.2"]
+    assert check_requirements({}, bars, parse_only=True) == bars
+    metrics = summarize([_row("TP_attack", "suspicious"), _row("FP_benign_background", "benign")], 0)
+    assert check_requirements(metrics, bars) == ["tp_malicious_rate = 0.0 (needs >= 0.85)",
+                                                 "analyst_queue_rate = 0.5 (needs <= 0.2)"]
+    with pytest.raises(EvalError, match="unknown metric"):
+        check_requirements({}, ["dev2.fp_rate<=0.1"], parse_only=True)
+
+
+@pytest.fixture(scope="module")
+def two_datasets(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two datasets of two alerts each, whose recordings share a name (and hosts): "dev" from the CSV column,
+    and one whose split column is empty (so its folder name, otrf-dev2, is the split) with a junk file."""
+    root = tmp_path_factory.mktemp("datasets")
+    first = _build(root / "otrf", "dev", {RECORDING: _rows(2)})
+    rows = [dict(r, split="") for r in _rows(2)]
+    rows[1]["label"] = "FP_benign_background"
+    second = _build(root / "otrf-dev2", "dev2", {RECORDING: rows})
+    (second / "dev2" / RECORDING / "truncated.json").write_text('{"EventID": 1', encoding="utf-8")
+    return [first, second]
+
+
+@pytest.fixture(scope="module")
+def in_process(two_datasets: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return evaluate(two_datasets, rules=RULES, quiet=True, home=tmp_path_factory.mktemp("serial"), jobs=1)
+
+
+def _identity(result: dict[str, Any]) -> list[tuple[str, ...]]:
+    return [(r["split"], r["dataset"], r["rule"], r["label"], r["verdict"]) for r in result["per_alert"]]
+
+
+def test_several_datasets_are_scored_together_and_per_split(two_datasets: list[Path],
+                                                            in_process: dict[str, Any]) -> None:
+    result = in_process
+    assert set(result) == set(METRIC_KEYS) | {"per_alert", "per_split"}
+    assert result["alerts"] == 4 and result["skipped_files"] == 1
+    assert [r["split"] for r in result["per_alert"]] == ["dev", "dev", "otrf-dev2", "otrf-dev2"]
+    assert list(result["per_split"]) == ["dev", "otrf-dev2"]
+    dev, dev2 = result["per_split"]["dev"], result["per_split"]["otrf-dev2"]
+    assert (dev["alerts"], dev["skipped_files"], dev2["alerts"], dev2["skipped_files"]) == (2, 0, 2, 1)
+    assert dev["tp_recall"] == 1.0 and dev2["tp_recall"] == 1.0 and result["tp_recall"] == 1.0
+    # the relabelled alert is really an attack: it is escalated, so counted as a false positive of its split
+    assert dev["fp_rate"] == 0.0 and dev2["fp_rate"] == 1.0
+    for row in result["per_alert"]:
+        assert row["hosts"] == ["WORKSTATION5"] and row["truth_hosts"] == ["WORKSTATION5"]
+    assert "| metric | all | dev | otrf-dev2 |" in render_markdown(result)
+
+
+def test_parallel_workers_give_the_same_verdicts(two_datasets: list[Path], in_process: dict[str, Any],
+                                                 tmp_path: Path) -> None:
+    result = evaluate(two_datasets, rules=RULES, quiet=True, home=tmp_path / "home", jobs=2)
+    assert _identity(result) == _identity(in_process)
+    timing = ("seconds_per_alert_median",)
+    assert {k: v for k, v in result.items() if k not in ("per_alert", "per_split", *timing)} == \
+        {k: v for k, v in in_process.items() if k not in ("per_alert", "per_split", *timing)}
+    # each worker set crewAI up in its own folder; each recording had its own home (case store)
+    assert any((tmp_path / "home" / "workers").iterdir())
+    assert (tmp_path / "home" / "00-00" / "cases.db").exists() and (tmp_path / "home" / "01-00" / "cases.db").exists()

@@ -16,6 +16,8 @@ from pydantic import ConfigDict, Field
 
 from siemcrew.connectors.base import ConnectorError, EventQuery, SearchResult
 from siemcrew.crew.context import InvestigationContext
+from siemcrew.crew.indicators import IndicatorSet
+from siemcrew.crew.knowledge import knowledge_fields
 from siemcrew.crew.models import Evidence, TimeRange, sha256_of
 
 SUMMARY_FIELDS = (
@@ -52,7 +54,24 @@ SUMMARY_FIELDS = (
     "logon.type",
     "powershell.script_block_text",
     "count",
+    # what the causal chain is rebuilt from (crew/chain.py)
+    "process.parent.entity_id",
+    "process.parent.pid",
+    "process.hash.sha256",
+    "process.name",
+    "file.hash.sha256",
+    "file.name",
+    "dll.path",
+    "target.process.entity_id",
+    "destination.domain",
+    "source.user.name",
+    "winlog.event_data.Signature",
+    "winlog.event_data.SignatureStatus",
+    "winlog.event_data.SubjectDomainName",
 )
+# Samples keep every field an indicator or a benign explanation reads, so reasoning over a bounded
+# sample sees what reasoning over the full result would.
+SAMPLE_FIELDS = tuple(dict.fromkeys(SUMMARY_FIELDS + knowledge_fields()))
 MAX_VALUE = 1024
 ELLIPSIS = "…"
 
@@ -60,7 +79,7 @@ ELLIPSIS = "…"
 def compact(event: dict[str, Any]) -> dict[str, Any]:
     """The fields a reader needs, each value capped, for samples and model-facing summaries."""
     out: dict[str, Any] = {}
-    for key in SUMMARY_FIELDS:
+    for key in SAMPLE_FIELDS:
         value = event.get(key)
         if value in (None, "", [], {}):
             continue
@@ -75,6 +94,11 @@ def compact(event: dict[str, Any]) -> dict[str, Any]:
 
 def _head(value: Any, size: int = 48) -> Any:
     return value[:size] if isinstance(value, str) else value
+
+
+def rank_by_malice(event: dict[str, Any]) -> float:
+    """Rows that say the most (malice first, then recognised automation) come first in a sample."""
+    return IndicatorSet.load().relevance(event)
 
 
 def diverse(rows: list[dict[str, Any]], rank: Callable[[dict[str, Any]], float], size: int) -> list[dict[str, Any]]:
@@ -171,13 +195,16 @@ def record_search(
 
 
 def record_lookup(
-    ctx: InvestigationContext, *, tool: str, kind: str, entity_type: str, entity: str, data: dict[str, Any]
+    ctx: InvestigationContext, *, tool: str, kind: str, entity_type: str, entity: str,
+    data: dict[str, Any] | list[dict[str, Any]], connector: str = "config",
 ) -> Evidence:
-    """Context that comes from configuration (asset tiers, known software) is evidence too."""
+    """Context that comes from configuration (asset tiers, known software) or from siemcrew's own case
+    store (related cases) is evidence too."""
+    rows = [data] if isinstance(data, dict) and data else list(data or [])
     item = Evidence(
-        kind=kind, entity_type=entity_type, entity=entity, connector="config", language="lookup",
-        query=f"{kind}({entity})", count=1 if data else 0, sample=[data] if data else [],
-        status="ok" if data else "empty", tool=tool,
+        kind=kind, entity_type=entity_type, entity=entity, connector=connector, language="lookup",
+        query=f"{kind}({entity})", count=len(rows), sample=rows[: ctx.runtime.settings.investigation.sample_rows],
+        status="ok" if rows else "empty", tool=tool,
     )
     ctx.add_evidence(item)
     ctx.audit("query", {"tool": tool, "evidence": item.id, "language": "lookup", "query": item.query})

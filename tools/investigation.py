@@ -16,7 +16,8 @@ from siemcrew.connectors.base import EventQuery, Filter
 from siemcrew.crew.indicators import IndicatorSet, account, is_external_ip, is_internal_ip, short_host
 from siemcrew.crew.models import Evidence, TimeRange
 from siemcrew.crew.timeutil import parse_time
-from siemcrew.tools.base import ELLIPSIS, EvidenceTool, record_lookup, record_search, scoped
+from siemcrew.tools.base import ELLIPSIS, EvidenceTool, rank_by_malice, record_lookup, record_search, scoped
+from siemcrew.tools.chain import AlertChainTool
 
 PROCESS_START = ["1", "4688"]
 LOGON_CODES = ["4624", "4625", "4648"]
@@ -44,10 +45,6 @@ def user_filters(user: str) -> list[Filter]:
     return [Filter(field="user.name", value=name or user)]
 
 
-def rank_by_malice(event: dict[str, Any]) -> float:
-    return IndicatorSet.load().relevance(event)
-
-
 def rank_logon(event: dict[str, Any]) -> float:
     """Interactive and network logons of people from other machines first; machine noise last."""
     ind = IndicatorSet.load()
@@ -73,7 +70,7 @@ class HostArgs(BaseModel):
 
 class AlertEventsTool(EvidenceTool):
     name: str = "alert_events"
-    description: str = "Fetch the events that triggered the alert (same host, process and time)."
+    description: str = "Fetch the events that triggered the alert (its host, time span, event code and process)."
 
     class Args(BaseModel):
         alert_id: str = Field(description="the alert id")
@@ -81,27 +78,24 @@ class AlertEventsTool(EvidenceTool):
     args_schema: type[BaseModel] = Args
 
     def investigate(self, alert_id: str) -> tuple[list[Evidence], str]:
+        """The alert's own events only: the same host and event code within the alert's time span,
+        and the alert's process when it names one — not whatever else the host did meanwhile."""
         ctx = self.ctx
         alert = next((a for a in ctx.case.alerts if a.id == alert_id), ctx.alert)
         host = alert.primary_host
         first = alert.first_seen or alert.timestamp
         last = alert.last_seen or alert.timestamp
-        window = TimeRange(start=first - timedelta(minutes=2), end=last + timedelta(minutes=2))
-        query = scoped(ctx, EventQuery(time_range=window, limit=500))
+        window = TimeRange(start=first - timedelta(seconds=2), end=last + timedelta(seconds=2))
+        query = scoped(ctx, EventQuery(time_range=window, limit=5000))
         if host:
             query.filters.append(host_filter(host))
-        proc = alert.process
-        group: list[Filter] = []
-        if proc and proc.entity_id:
-            group.append(Filter(field="process.entity_id", value=proc.entity_id))
-        if proc and proc.executable:
-            group.append(Filter(field="process.executable", value=proc.executable))
-        if proc and proc.command_line:
-            group.append(Filter(field="process.command_line", value=proc.command_line))
         if alert.event.get("event.code"):
-            group.append(Filter(field="event.code", value=str(alert.event["event.code"])))
-        if group:
-            query.any_of.append(group)
+            query.filters.append(Filter(field="event.code", value=str(alert.event["event.code"])))
+        proc = alert.process
+        if proc and proc.entity_id:
+            query.filters.append(Filter(field="process.entity_id", value=proc.entity_id))
+        elif proc and proc.executable:
+            query.filters.append(Filter(field="process.executable", value=proc.executable))
         item, _ = record_search(
             ctx, tool=self.name, kind="alert_events", entity_type="host", entity=host,
             run=lambda: ctx.runtime.siem.search(query), time_range=window, rank=rank_by_malice,
@@ -332,29 +326,51 @@ class PrevalenceTool(EvidenceTool):
     args_schema: type[BaseModel] = Args
 
     def investigate(self, field: str, value: str) -> tuple[list[Evidence], str]:
+        """Hosts that saw the value before the alert (over 30 days), hosts around it, and its first
+        sighting: established behaviour needs both many hosts and age; a new value on many hosts
+        within minutes is spread, not routine."""
         ctx = self.ctx
         entity_type = ENTITY_FIELDS.get(field, "value")
         # A value cut short in a sample (ends with an ellipsis) is matched by its prefix.
         flt = [Filter(field=field, op="startswith", value=value[:-1])] if value.endswith(ELLIPSIS) \
             else [Filter(field=field, value=value)]
-        by_host = scoped(ctx, EventQuery(filters=list(flt), group_by=["host.hostname"], limit=500))
-        hosts_item, hosts = record_search(
-            ctx, tool=self.name, kind="prevalence", entity_type=entity_type, entity=value,
-            run=lambda: ctx.runtime.siem.search(by_host), time_range=None,
-        )
-        items = [hosts_item]
-        span: list[str] = []
-        for order in ("asc", "desc"):
-            q = scoped(ctx, EventQuery(filters=list(flt), order=order, limit=1))
-            item, rows = record_search(
+        moment = ctx.alert.first_seen or ctx.alert.timestamp
+        before = TimeRange(start=moment - timedelta(days=30), end=moment - timedelta(hours=1))
+        items: list[Evidence] = []
+        counts: list[int] = []
+        for window in (before, ctx.window()):
+            query = scoped(ctx, EventQuery(filters=list(flt), time_range=window, group_by=["host.hostname"], limit=500))
+            item, hosts = record_search(
                 ctx, tool=self.name, kind="prevalence", entity_type=entity_type, entity=value,
-                run=lambda q=q: ctx.runtime.siem.search(q), time_range=None,
+                run=lambda query=query: ctx.runtime.siem.search(query), time_range=window,
             )
             items.append(item)
-            if rows:
-                span.append(str(rows[0].get("@timestamp")))
-        note = f"seen on {len(hosts)} host(s); first/last: {' .. '.join(span) or 'never'}"
-        return items, note
+            counts.append(len(hosts))
+        first = scoped(ctx, EventQuery(filters=list(flt), order="asc", limit=1))
+        item, rows = record_search(
+            ctx, tool=self.name, kind="prevalence", entity_type=entity_type, entity=value,
+            run=lambda: ctx.runtime.siem.search(first), time_range=None,
+        )
+        items.append(item)
+        seen = str(rows[0].get("@timestamp")) if rows else "never"
+        return items, f"seen on {counts[0]} host(s) before the alert and {counts[1]} around it; first seen {seen}"
+
+
+class RelatedCasesTool(EvidenceTool):
+    name: str = "related_cases"
+    description: str = "Other cases on the same host around the alert time (their verdicts), from the case store."
+
+    class Args(BaseModel):
+        host: str
+
+    args_schema: type[BaseModel] = Args
+
+    def investigate(self, host: str) -> tuple[list[Evidence], str]:
+        ctx = self.ctx
+        related = ctx.runtime.cases.related(ctx.case, short_host(host), ctx.window())
+        item = record_lookup(ctx, tool=self.name, kind="related_cases", entity_type="host", entity=short_host(host),
+                             data=related, connector="casestore")
+        return [item], f"{len(related)} related case(s)"
 
 
 class SigmaHuntTool(EvidenceTool):
@@ -476,8 +492,9 @@ def _plain(info: Any) -> dict[str, Any]:
 INVESTIGATION_TOOLS: dict[str, type[EvidenceTool]] = {
     cls.model_fields["name"].default: cls
     for cls in (
-        AlertEventsTool, ProcessLineageTool, HostActivityTool, LogonActivityTool, NetworkConnectionsTool,
+        AlertEventsTool, AlertChainTool, ProcessLineageTool, HostActivityTool, LogonActivityTool, NetworkConnectionsTool,
         PersistenceCheckTool, PrevalenceTool, SigmaHuntTool, AssetContextTool, SearchEventsTool, NativeQueryTool,
+        RelatedCasesTool,
     )
 }
 

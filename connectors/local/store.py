@@ -40,7 +40,7 @@ ECS_COLUMNS = (
     "process.hash.sha256", "process.hash.md5", "process.integrity_level",
     "process.pe.original_file_name", "process.pe.company", "process.pe.description",
     "source.ip", "source.port", "destination.ip", "destination.port", "destination.domain",
-    "network.protocol", "network.direction", "file.path", "file.name", "registry.path",
+    "network.protocol", "network.direction", "file.path", "file.name", "file.hash.sha256", "registry.path",
     "registry.value", "registry.data.strings", "dll.path", "service.name", "service.executable",
     "task.name", "task.content", "target.process.executable", "target.process.pid",
     "target.process.entity_id", "logon.type", "logon.id", "source.user.name",

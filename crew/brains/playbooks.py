@@ -28,33 +28,18 @@ def _done(ctx: InvestigationContext, kind: str, entity: str | None) -> bool:
     )
 
 
-def _process_target(ctx: InvestigationContext) -> dict[str, Any] | None:
-    """The process to trace: the alert's own, else the most suspicious alert event's."""
+def _own_process(ctx: InvestigationContext) -> dict[str, Any] | None:
+    """The alert's own process, as its events name it (for prevalence of its command line)."""
     proc = ctx.alert.process
-    if proc and (proc.entity_id or proc.pid is not None or proc.executable):
-        return {"entity_id": proc.entity_id, "pid": proc.pid, "executable": proc.executable,
-                "command_line": proc.command_line, "at": iso(ctx.alert.timestamp)}
-    ind = IndicatorSet.load()
-
-    def with_process(kind: str) -> list[dict[str, Any]]:
-        rows = [row for e in ctx.evidence(kind) for row in e.sample]
-        return [r for r in rows if r.get("process.executable") or r.get("process.pid") not in (None, "")]
-
-    rows = with_process("alert_events")
-    if not rows:
-        # The alert's own events name no process (e.g. a service install): trace the most
-        # suspicious process on the host around the alert time instead.
-        moment = ctx.alert.timestamp
-        rows = [r for r in with_process("host_activity")
-                if (t := parse_time(r.get("@timestamp"))) and abs((t - moment).total_seconds()) <= 300]
+    if proc and (proc.command_line or proc.executable):
+        return {"command_line": proc.command_line, "executable": proc.executable}
+    rows = [row for e in ctx.evidence("alert_events") for row in e.sample if row.get("process.executable")]
+    if not rows:  # events that only carry a pid (script logs, handles): the start event the chain found
+        rows = [row for e in ctx.evidence("process_lineage") if e.entity_type == "process" for row in e.sample
+                if row.get("process.executable")][:1]
     if not rows:
         return None
-    # Prefer events that describe the process itself (start, access, network) over script-engine logs.
-    row = max(rows, key=lambda r: (ind.malice(r) > 0, bool(r.get("process.executable")),
-                                   str(r.get("event.code")) in PROCESS_EVENT_CODES, ind.malice(r)))
-    return {"entity_id": row.get("process.entity_id"), "pid": row.get("process.pid"),
-            "executable": row.get("process.executable"), "command_line": row.get("process.command_line"),
-            "at": row.get("@timestamp")}
+    return {"command_line": rows[0].get("process.command_line"), "executable": rows[0].get("process.executable")}
 
 
 def entity_pivots(ctx: InvestigationContext) -> list[Call]:
@@ -82,22 +67,22 @@ def triage_plan(ctx: InvestigationContext) -> list[Call]:
     if not _done(ctx, "alert_events", None):
         return [("alert_events", {"alert_id": alert.id})]
     calls: list[Call] = []
-    target = _process_target(ctx)
-    if host and target and not _done(ctx, "process_lineage", None):
-        calls.append(("process_lineage", {"host": host, "entity_id": target["entity_id"], "pid": target["pid"],
-                                          "executable": target["executable"], "at": target["at"]}))
+    if not any(e.tool == "alert_chain" for e in ctx.case.evidence):
+        calls.append(("alert_chain", {"alert_id": alert.id}))
     if host and not _done(ctx, "host_activity", host):
         calls.append(("host_activity", {"host": host}))
-    if target and target.get("command_line") and not _done(ctx, "prevalence", target["command_line"]):
-        calls.append(("prevalence", {"field": "process.command_line", "value": target["command_line"]}))
-    if target and target.get("executable") and not _done(ctx, "prevalence", target["executable"]):
-        calls.append(("prevalence", {"field": "process.executable", "value": target["executable"]}))
+    own = _own_process(ctx)
+    for field in ("command_line", "executable"):
+        if own and own.get(field) and not _done(ctx, "prevalence", own[field]):
+            calls.append(("prevalence", {"field": f"process.{field}", "value": own[field]}))
     service_binary = alert.event.get("service.executable")
     if service_binary and not _done(ctx, "prevalence", str(service_binary)):
         calls.append(("prevalence", {"field": "service.executable", "value": str(service_binary)}))
     calls += entity_pivots(ctx)
     if host and not _done(ctx, "asset_context", host):
         calls.append(("asset_context", {"host": host}))
+    if host and not _done(ctx, "related_cases", host):
+        calls.append(("related_cases", {"host": host}))
     return calls
 
 
@@ -149,15 +134,13 @@ def _kind_calls(ctx: InvestigationContext, kind: str, entity: str | None) -> lis
         return [(kind, {"host": host})]
     if kind == "alert_events":
         return [("alert_events", {"alert_id": ctx.alert.id})]
-    if kind == "process_lineage":
-        target = _process_target(ctx)
-        if target and host:
-            return [("process_lineage", {"host": host, "entity_id": target["entity_id"], "pid": target["pid"],
-                                         "executable": target["executable"], "at": target["at"]})]
+    if kind in ("process_lineage", "process_activity", "logon_session"):
+        return [("alert_chain", {"alert_id": ctx.alert.id})]
     if kind == "prevalence":
-        target = _process_target(ctx)
-        if target and target.get("command_line"):
-            return [("prevalence", {"field": "process.command_line", "value": target["command_line"]})]
+        own = _own_process(ctx)
+        if own and (own.get("command_line") or own.get("executable")):
+            field = "command_line" if own.get("command_line") else "executable"
+            return [("prevalence", {"field": f"process.{field}", "value": own[field]})]
     if kind == "sigma" and ctx.alert.techniques:
         return [("sigma_hunt", {"techniques": ctx.alert.techniques, "host": host})]
     return []
