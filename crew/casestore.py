@@ -45,6 +45,19 @@ def case_id_for(alert: Alert) -> str:
     return "case-" + hashlib.sha256(f"{alert.source}:{alert.id}".encode()).hexdigest()[:12]
 
 
+def actor_of(alert: Alert) -> tuple[str, ...]:
+    """What an alert is about beyond its rule and host: its process, else its service or account."""
+    proc = alert.process
+    if proc and proc.entity_id:
+        return ("entity", proc.entity_id.lower())
+    if proc and (proc.executable or proc.pid is not None):
+        return ("process", str(proc.executable or "").lower(), str(proc.pid or ""))
+    service = alert.event.get("service.name") or alert.event.get("service.executable")
+    if service:
+        return ("service", str(service).lower())
+    return ("users", *sorted(u.lower() for u in alert.entities.users))
+
+
 class CaseStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,13 +94,16 @@ class CaseStore:
             host = short_host(alert.primary_host)
             rule = alert.rule_id or alert.rule_name
             start, end = iso(alert.timestamp - GROUP_WINDOW), iso(alert.timestamp + GROUP_WINDOW)
-            row = db.execute(
+            rows = db.execute(
                 f"SELECT id FROM cases WHERE host = ? AND rule = ? AND alert_time BETWEEN ? AND ? "
-                f"AND status IN ({','.join('?' * len(OPEN))}) ORDER BY alert_time LIMIT 1",
+                f"AND status IN ({','.join('?' * len(OPEN))}) ORDER BY alert_time LIMIT 20",
                 (host, rule, start, end, *OPEN),
-            ).fetchone()
-            if row:
-                case = self._load(db, row[0])
+            ).fetchall()
+            # A duplicate is the same detection of the same actor: another process tripping the same rule
+            # on the same host is another alert, judged by its own chain.
+            same = [c for c in (self._load(db, r[0]) for r in rows) if actor_of(c.alert) == actor_of(alert)]
+            if same:
+                case = same[0]
                 case.alerts.append(alert)
                 case.note("intake", "alert_grouped", alert.id)
                 self._save(db, case)

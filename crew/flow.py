@@ -101,7 +101,7 @@ class InvestigationFlow(Flow[CaseState]):
         out = self._run("triage")
         case.triage = out
         case.verdict, case.confidence, case.summary = out.verdict, out.confidence, out.summary
-        case.affected_hosts = [short_host(h) for h in case.alert.entities.hosts[:1]]
+        case.affected_hosts = [] if out.verdict == "benign" else [short_host(h) for h in case.alert.entities.hosts[:1]]
         self._save("triaged", f"{out.verdict} ({out.confidence})")
         return out.verdict
 

@@ -173,7 +173,7 @@ class Reasoner:
                                      f"{value[:120]} seen on {len(entry['before'])} host(s) before the alert, "
                                      f"first {age_days:.1f} day(s) earlier", self.host, True))
             elif first and age_days * 1440 <= self.ind.spread_minutes and len(entry["hosts"]) >= self.ind.min_hosts:
-                malicious.append(Signal("rapid_spread", 3, entry["ids"][0],
+                malicious.append(Signal("rapid_spread", self.ind.spread_weight, entry["ids"][0],
                                         f"{value[:120]} first seen {age_days * 1440:.0f} min before the alert and "
                                         f"already on {len(entry['hosts'])} host(s)", self.host))
         return benign, malicious
@@ -324,7 +324,7 @@ class Reasoner:
             verdict, confidence = "suspicious", "low"
 
         remote = self.remote_hosts(chain)
-        affected_hosts = [self.host] if self.host else []
+        affected_hosts = [self.host] if self.host and verdict != "benign" else []
         users: list[str] = []
         if verdict != "benign":
             affected_hosts += [h for h, score in remote.items() if score >= 2 and h not in affected_hosts]

@@ -135,7 +135,7 @@ class ChainTracer:
             self.exe(k))], record=True)
         self.droppers(nodes)
         self.injectors(nodes)
-        self.remote_origins(sessions)
+        self.remote_origins(sessions, alert_rows)
         self.remote_targets(nodes, sessions)
         names = [self.exe(k).split("\\")[-1] for k in nodes if self.exe(k)]
         return f"chain: {len(nodes)} process(es) ({', '.join(names[:8]) or 'no start events'}); " \
@@ -431,23 +431,31 @@ class ChainTracer:
                            time_range=self.window, group_by=["host.hostname"], limit=10, rank=None)
         return [short_host(r["host.hostname"]) for r in rows if r.get("host.hostname")]
 
-    def remote_origins(self, sessions: list[dict[str, Any]]) -> None:
-        """A chain that runs in a network logon from another host: what, on that host, reached in."""
+    def remote_origins(self, sessions: list[dict[str, Any]], alert_rows: list[dict[str, Any]]) -> None:
+        """A chain that runs in a network logon from another host, or an alert about a connection coming in
+        from one: what, on that host, reached in (the connecting process, matched by address, port and time)."""
         own = self.own_addresses(self.host)
+        ingress: list[tuple[str, datetime, Any]] = []
         for row in sessions[:50]:
-            ip = str(row.get("source.ip") or "")
-            if str(row.get("event.code")) != "4624" or str(row.get("logon.type")) not in REMOTE_LOGON_TYPES \
-                    or not is_internal_ip(ip) or ip in own:
+            if str(row.get("event.code")) == "4624" and str(row.get("logon.type")) in REMOTE_LOGON_TYPES:
+                ingress.append((str(row.get("source.ip") or ""), _time(row) or self.alert.timestamp, None))
+        for row in alert_rows[:20]:
+            if row.get("network.direction") == "inbound":
+                ingress.append((str(row.get("source.ip") or ""), _time(row) or self.alert.timestamp, row.get("source.port")))
+        for ip, moment, port in ingress:
+            if not is_internal_ip(ip) or ip in own:
                 continue
-            moment = _time(row) or self.alert.timestamp
             for origin in [h for h in self.resolve(ip) if h != self.host][:1]:
                 near = TimeRange(start=moment - timedelta(minutes=2), end=moment + timedelta(seconds=30))
-                reach = [Filter(field="destination.ip", op="in", value=sorted(own))] if own else []
-                group = reach + [Filter(field="destination.domain", op="startswith", value=self.host)]
+                if port not in (None, ""):
+                    group = [Filter(field="source.port", value=_pid(port))]
+                else:
+                    group = [Filter(field="destination.ip", op="in", value=sorted(own))] if own else []
+                    group.append(Filter(field="destination.domain", op="startswith", value=self.host))
                 rows = self.search("remote_execution", "origin", [], host=origin, time_range=near,
                                    any_of=[group], limit=200)
                 self._remote_processes(origin, rows, "origin")
-            return  # the first remote session explains the chain's origin
+            return  # the first remote ingress explains the chain's origin
 
     def remote_targets(self, keys: list[str], sessions: list[dict[str, Any]]) -> None:
         """Hosts the chain reached: admin-port connections, explicit credentials, /node: and \\\\host names."""
@@ -500,20 +508,25 @@ class ChainTracer:
         return sorted(n for n in names if not ind.is_system_account(n))[:10]
 
     def _remote_processes(self, host: str, rows: list[dict[str, Any]], role: str) -> None:
-        """Start events, one parent and what they did, of the processes seen on the other host."""
+        """Start events, one parent and what they did, of the processes seen on the other host (by entity
+        id where the logs carry one, else by pid: script-block and handle events name only the pid)."""
         guids = sorted({str(r["process.entity_id"]) for r in rows if r.get("process.entity_id")})[:20]
-        if not guids:
-            return
-        starts = self.search("remote_execution", role, [Filter(field="process.entity_id", op="in", value=guids),
-                                                        Filter(field="event.code", value="1")],
-                             host=host, limit=50)
-        parents = sorted({str(r["process.parent.entity_id"]) for r in starts if r.get("process.parent.entity_id")} - set(guids))[:20]
-        if parents:
-            self.search("remote_execution", role, [Filter(field="process.entity_id", op="in", value=parents),
-                                                   Filter(field="event.code", value="1")], host=host, limit=50)
-        self.search("remote_execution", role, [Filter(field="process.entity_id", op="in", value=guids),
-                                               Filter(field="event.code", op="in", value=["1", "5"], negate=True)],
-                    host=host, time_range=self.window, limit=1000)
+        pids = sorted({p for r in rows if not r.get("process.entity_id") and (p := _pid(r.get("process.pid")))})[:20]
+        if guids:
+            starts = self.search("remote_execution", role, [Filter(field="process.entity_id", op="in", value=guids),
+                                                            Filter(field="event.code", value="1")], host=host, limit=50)
+            parents = sorted({str(r["process.parent.entity_id"]) for r in starts
+                              if r.get("process.parent.entity_id")} - set(guids))[:20]
+            if parents:
+                self.search("remote_execution", role, [Filter(field="process.entity_id", op="in", value=parents),
+                                                       Filter(field="event.code", value="1")], host=host, limit=50)
+            self.search("remote_execution", role, [Filter(field="process.entity_id", op="in", value=guids),
+                                                   Filter(field="event.code", op="in", value=["1", "5"], negate=True)],
+                        host=host, time_range=self.window, limit=1000)
+        if pids:
+            self.search("remote_execution", role, [Filter(field="process.pid", op="in", value=pids),
+                                                   Filter(field="winlog.channel", value=SYSMON_CHANNEL, negate=True)],
+                        host=host, time_range=self.window, limit=1000)
 
 
 def _rank_session(row: dict[str, Any]) -> float:

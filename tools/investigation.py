@@ -92,6 +92,12 @@ class AlertEventsTool(EvidenceTool):
         if alert.event.get("event.code"):
             query.filters.append(Filter(field="event.code", value=str(alert.event["event.code"])))
         proc = alert.process
+        # The process narrows the search only when the triggering event is that process's own: a service
+        # install (7045) or a logon names the service's or session's process nowhere in its fields.
+        event = alert.event
+        if event.get("event.code") and not any(event.get(f) for f in ("process.entity_id", "process.pid",
+                                                                        "process.executable")):
+            proc = None
         if proc and proc.entity_id:
             query.filters.append(Filter(field="process.entity_id", value=proc.entity_id))
         elif proc and proc.executable:

@@ -34,9 +34,12 @@ def _own_process(ctx: InvestigationContext) -> dict[str, Any] | None:
     if proc and (proc.command_line or proc.executable):
         return {"command_line": proc.command_line, "executable": proc.executable}
     rows = [row for e in ctx.evidence("alert_events") for row in e.sample if row.get("process.executable")]
-    if not rows:  # events that only carry a pid (script logs, handles): the start event the chain found
-        rows = [row for e in ctx.evidence("process_lineage") if e.entity_type == "process" for row in e.sample
-                if row.get("process.executable")][:1]
+    if not rows:  # events that only carry a pid (script logs, handles): what the chain found of that process
+        pid = next((row.get("process.pid") for e in ctx.evidence("alert_events") for row in e.sample
+                    if row.get("process.pid") not in (None, "")), None)
+        rows = [row for kind in ("process_lineage", "process_activity") for e in ctx.evidence(kind)
+                if e.entity_type == "process" for row in e.sample
+                if row.get("process.executable") and (pid is None or row.get("process.pid") == pid)][:1]
     if not rows:
         return None
     return {"command_line": rows[0].get("process.command_line"), "executable": rows[0].get("process.executable")}
