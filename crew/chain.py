@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Iterable
 
 from siemcrew.crew.indicators import account, short_host
 from siemcrew.crew.knowledge import Knowledge, ProcessFacts
 from siemcrew.crew.models import Case, Evidence
+from siemcrew.crew.timeutil import parse_time
 
 CHAIN_KINDS = {"alert_events", "process_lineage", "process_activity", "process_origin", "logon_session",
                "remote_execution"}
@@ -67,6 +69,7 @@ class Chain:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # alert rows without a process
     droppers: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # file writes of chain programs
     services: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    remote_logons: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # the chain's logons elsewhere
 
     def members(self, relations: Iterable[str] | None = None) -> list[Node]:
         wanted = set(relations) if relations else None
@@ -140,10 +143,10 @@ def build(case: Case, knowledge: Knowledge | None = None) -> Chain:
     #    that Security 4688 events of the same process join them by pid)
     starts = [(item, row) for item, row in _rows(evidence)
               if str(row.get("event.code")) in START_CODES and item.kind in ("process_lineage", "remote_execution")]
+    latest = alert.last_seen or alert.timestamp
     for item, row in sorted(starts, key=lambda pair: "|" in (_key(pair[1]) or "|")):
         node = node_for(row)
-        if node and (node.start is None or (str(row.get("event.code")) == "1"
-                                            and str(node.start.get("event.code")) != "1")):
+        if node and (node.start is None or _better_start(row, node.start, latest)):
             node.start, node.start_id = row, item.id
             if row.get("process.entity_id") and row.get("process.pid") not in (None, ""):
                 pid_index[(node.host, str(row["process.pid"]))] = node.key
@@ -171,6 +174,8 @@ def build(case: Case, knowledge: Knowledge | None = None) -> Chain:
         code = str(row.get("event.code"))
         if item.kind == "logon_session":
             chain.sessions.append((item.id, row))
+        elif item.kind == "remote_execution" and code in ("4624", "4648"):
+            chain.remote_logons.append((item.id, row))
         elif item.kind == "process_origin" and item.entity_type == "file":
             chain.droppers.append((item.id, row))
             node = node_for(row)
@@ -200,6 +205,19 @@ def build(case: Case, knowledge: Knowledge | None = None) -> Chain:
     _relate(chain, knowledge or Knowledge.load())
     _relate_origins(chain, node_for, knowledge or Knowledge.load())
     return chain
+
+
+def _better_start(row: dict[str, Any], current: dict[str, Any], latest: datetime) -> bool:
+    """Sysmon's start event beats Security's; among starts of one pid (pids are reused), the newest that
+    is not after the alert is the process the alert saw."""
+    if str(row.get("event.code")) == "1" and str(current.get("event.code")) != "1":
+        return True
+    if row.get("process.entity_id") or str(row.get("event.code")) != str(current.get("event.code")):
+        return False
+    new, old = parse_time(row.get("@timestamp")), parse_time(current.get("@timestamp"))
+    if new is None or old is None or new > latest:
+        return False
+    return old > latest or new > old
 
 
 def _subjects(case: Case, chain: Chain, node_for: Any, limit: int = 5) -> list[Node]:

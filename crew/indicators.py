@@ -82,8 +82,9 @@ def compile_clause(clause: dict[str, Any]) -> tuple[tuple[str, bool, Condition],
 
 
 def clauses_of(spec: dict[str, Any]) -> tuple[tuple[tuple[str, bool, Condition], ...], ...]:
-    """`any: [clause, ...]` or `when: clause`."""
-    return tuple(compile_clause(c) for c in (spec.get("any") or [spec.get("when") or {}]))
+    """`any: [clause, ...]` or `when: clause`. An empty clause is dropped: a spec without conditions
+    (a typo such as `whn:`) matches nothing rather than everything."""
+    return tuple(compile_clause(c) for c in (spec.get("any") or [spec.get("when") or {}]) if c)
 
 
 def fields_of(spec: dict[str, Any]) -> set[str]:
@@ -105,6 +106,7 @@ class IndicatorSet:
         self.min_days = int(prevalence.get("min_days", 3))
         self.rare_max_hosts = int(prevalence.get("rare_max_hosts", 1))
         self.spread_minutes = int(prevalence.get("spread_minutes", 120))
+        self.spread_weight = float(prevalence.get("spread_weight", 4))
         self.system_accounts = [p.lower() for p in data.get("system_accounts") or []]
         self._cache: dict[tuple[Any, ...], tuple[Hit, ...]] = {}
 

@@ -27,6 +27,7 @@ class Variant:
 
     process: Clause
     parent: Clause | None
+    parent_required: bool
     account: Account
     signer: Any | None
     activity: tuple[Clause, ...] | None
@@ -54,12 +55,20 @@ class ProcessFacts:
     system_account: bool | None = None    # None: the logs do not say who ran it
 
 
+def _activity(spec: Any) -> dict[str, Any] | None:
+    """`activity` as a `when`/`any` spec: a bare clause ({field: regex}) is one clause, not no clause."""
+    if not spec:
+        return None
+    return spec if ("any" in spec or "when" in spec) else {"when": spec}
+
+
 def _variant(spec: dict[str, Any]) -> Variant:
     parent = spec.get("parent")
-    activity = spec.get("activity")
+    activity = _activity(spec.get("activity"))
     return Variant(
         process=compile_clause(spec.get("process") or {}),
         parent=compile_clause(parent) if parent else None,
+        parent_required=bool(spec.get("parent_required")),
         account=spec.get("account", "any"),
         signer=condition(spec["signer"]) if spec.get("signer") else None,
         activity=clauses_of(activity) if activity else None,
@@ -72,7 +81,7 @@ def _fields(spec: dict[str, Any]) -> set[str]:
         out |= {f.lstrip("!") for f in (variant.get("process") or {})}
         out |= {f.lstrip("!") for f in (variant.get("parent") or {})}
         if variant.get("activity"):
-            out |= fields_of(variant["activity"])
+            out |= fields_of(_activity(variant["activity"]) or {})
     return out
 
 
@@ -117,10 +126,12 @@ class Knowledge:
 def _fits(variant: Variant, facts: ProcessFacts) -> bool:
     if not variant.process or not clause_matches(variant.process, facts.identity):
         return False
-    if variant.parent is not None and facts.parent and (facts.parent.get("process.executable")
-                                                        or facts.parent.get("process.command_line")):
-        if not clause_matches(variant.parent, facts.parent):
-            return False
+    parent_known = bool(facts.parent and (facts.parent.get("process.executable")
+                                          or facts.parent.get("process.command_line")))
+    if variant.parent is not None and parent_known and not clause_matches(variant.parent, facts.parent or {}):
+        return False
+    if variant.parent_required and not parent_known:
+        return False
     if variant.account != "any" and facts.system_account is not None:
         if facts.system_account != (variant.account == "system"):
             return False

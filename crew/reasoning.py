@@ -109,6 +109,7 @@ class Reasoner:
             found += self._inventory_explanations(node, facts)
             if found:
                 own[node.key] = found
+        self.own_explanations = own
         covered: dict[str, list[tuple[str, str, Explanation | None]]] = {}
         for node in chain.nodes.values():
             inherited = list(own.get(node.key, []))
@@ -160,8 +161,9 @@ class Reasoner:
         benign: list[Signal] = []
         malicious: list[Signal] = []
         proc = self.alert.process
-        own = {proc.command_line if proc else None, proc.executable if proc else None,
-               self.alert.event.get("service.executable")} - {None, ""}
+        # What the process was asked to do (its command line, the service's binary), never a program path
+        # alone: powershell.exe is everywhere, and that says nothing about this use of it.
+        own = {proc.command_line if proc else None, self.alert.event.get("service.executable")} - {None, ""}
         moment = self.alert.first_seen or self.alert.timestamp
         for value, entry in self.prevalence().items():
             if entry["type"] not in ("process", "service") or value not in own:
@@ -185,13 +187,20 @@ class Reasoner:
         weights = {i.name: i.weight for i in self.ind.indicators}
         counted: list[Signal] = []
         explained: list[Signal] = []
+        children = {n.key: n.parent_key for n in chain.nodes.values()}
         for node in chain.members(COUNTED):
             explanations = covered.get(node.key, [])
-            named = {n for _, _, e in explanations if e is not None for n in e.explains}
+            # Strong indicators an explanation names are accounted for on the recognised process only,
+            # never on what it started (a remote-command channel must not launder its payload).
+            named = {n for _, _, e in getattr(self, "own_explanations", {}).get(node.key, []) if e is not None
+                     for n in e.explains}
             for eid, row in node.all_rows():
                 for hit in self.ind.hits(row):
                     if hit.benign:
                         continue
+                    if hit.name == "process_injection_access" and \
+                            children.get(str(row.get("target.process.entity_id"))) == node.key:
+                        continue  # a parent opening the child it just created is not injection
                     sig = Signal(hit.name, hit.weight, eid, _detail(row), node.host, relation=node.relation)
                     if explanations and (weights.get(hit.name, 0) < STRONG or hit.name in named):
                         explained.append(sig)
@@ -209,13 +218,15 @@ class Reasoner:
 
     def context_signals(self, chain: Chain) -> list[Signal]:
         """Malicious behaviour on the host that is not part of this alert's chain."""
-        members = {n.key for n in chain.members(COUNTED)}
+        members = chain.members(COUNTED)
+        keys = {n.key for n in members}
+        pids = {f"{n.host}|{(n.start or {}).get('process.pid')}" for n in members if (n.start or {}).get("process.pid")}
+        pids |= {n.key for n in members if "|" in n.key}
         out: list[Signal] = []
         for kind in ("host_activity", "network_connections", "persistence_check", "sigma", "hunt", "logon_activity"):
             for item, row in _rows(self.by_kind.get(kind, [])):
-                key = row.get("process.entity_id") or (
-                    f"{short_host(row.get('host.hostname'))}|{row.get('process.pid')}" if row.get("process.pid") else None)
-                if key and key in members:
+                pid_key = f"{short_host(row.get('host.hostname'))}|{row.get('process.pid')}"
+                if row.get("process.entity_id") in keys or pid_key in pids:
                     continue
                 for hit in self.ind.hits(row):
                     if not hit.benign and hit.weight >= 3:
@@ -232,8 +243,9 @@ class Reasoner:
         return out
 
     # -- scope -----------------------------------------------------------------------------------
-    def chain_users(self, chain: Chain) -> list[str]:
-        """Who ran the chain: its processes' users, its sessions' accounts, explicit credentials it used."""
+    def chain_users(self, chain: Chain, reached: Iterable[str] = ()) -> list[str]:
+        """Who ran the chain: its processes' users, its sessions' accounts, explicit credentials it used,
+        and the accounts it logged on with on the hosts it reached."""
         users: list[str] = []
 
         def add(user: str | None) -> None:
@@ -251,6 +263,10 @@ class Reasoner:
                     add(account({"user.name": row["source.user.name"], "user.domain": row.get("winlog.event_data.SubjectDomainName")}))
         for _, row in chain.services + chain.events:
             add(account(row))
+        reached = set(reached)
+        for _, row in chain.remote_logons:
+            if short_host(row.get("host.hostname")) in reached:
+                add(account(row))
         for user in self.alert.entities.users:
             add(user)
         return users
@@ -328,7 +344,7 @@ class Reasoner:
         users: list[str] = []
         if verdict != "benign":
             affected_hosts += [h for h, score in remote.items() if score >= 2 and h not in affected_hosts]
-            users = self.chain_users(chain)
+            users = self.chain_users(chain, affected_hosts)
         rare = self.rare_external(chain) if verdict == "malicious" else []
         findings = self._findings(verdict, malicious, benign, explained, context, related, corroborated and not strong)
         summary = self._summary(verdict, confidence, malicious, benign, context, related, affected_hosts, users)

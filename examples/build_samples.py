@@ -62,6 +62,7 @@ MONITOR_CMD = (
 )
 MONITOR_ECS_HOSTS = ("WS-SALES-03", "WS-MKT-02", "SRV-SQL01")
 RUNS_PER_DAY = 3  # the monitoring agent's collection schedule: every 8 hours
+MONITOR_ALERT_DAY = 5  # demo-5 fires on 11-21, after five days of the same runs on every host
 
 # Rare external infrastructure: each one is seen from the attacked hosts only.
 C2_S1 = "185.220.101.47"
@@ -395,6 +396,13 @@ DEPLOY_TARGETS = [
     for h in WORKSTATIONS
     if h not in ("WS-IT-01", "WS-IT-03", "WS-ENG-15", "WS-LEG-03", "WS-MKT-06", "WS-OPS-05", "WS-SALES-08")
 ]
+DEPLOY_RUNNER = r"C:\Windows\ContosoDeployRunner\runner.exe"
+# The deployment tool's windows: (start, package on \\SRV-DEPLOY01\packages, the file it installs).
+# The alert is raised in the second one, five days after the first pushed the same runner everywhere.
+DEPLOY_WINDOWS = (
+    (datetime(2026, 11, 16, 2, 0, 9, tzinfo=UTC), "npp-8.7.1-x64.msi", r"C:\Program Files\Notepad++\notepad++.exe"),
+    (datetime(2026, 11, 21, 2, 0, 12, tzinfo=UTC), "7zip-24.08.msi", r"C:\Program Files\7-Zip\7z.exe"),
+)
 
 
 @dataclass
@@ -2179,7 +2187,8 @@ def scenario_procdump(world: World) -> tuple[AlertSpec, Truth]:
             ),
         ],
         notes=[
-            "The rule is tagged T1003.001 and severity high; the target process, the signer, the admin path and the history decide."
+            "The rule is tagged T1003.001 and severity high; the target process, the signer, the admin path and the history decide.",
+            "The demo inventory (examples/assets.yaml) sanctions C:\\Tools\\Sysinternals\\* for adm_tnguyen, the application admin.",
         ],
     )
     return alert, truth
@@ -2218,7 +2227,7 @@ def scenario_monitoring(world: World) -> tuple[AlertSpec, Truth]:
             world.script_block(ps, at + timedelta(seconds=1), MONITORING_SCRIPT, path=script_path)
             world.group_enumerated(ps, at + timedelta(seconds=3))
             world.connect(ps, at + timedelta(seconds=5), collector.ip, 8443, collector.fqdn)
-            if host.name == "WS-ENG-04" and slot == 3 * RUNS_PER_DAY + 1:
+            if host.name == "WS-ENG-04" and slot == MONITOR_ALERT_DAY * RUNS_PER_DAY + 1:
                 alert_proc = ps
     assert alert_proc is not None
     alert = AlertSpec(
@@ -2242,7 +2251,9 @@ def scenario_monitoring(world: World) -> tuple[AlertSpec, Truth]:
         summary=(
             "The sanctioned monitoring agent (C:\\Program Files\\ContosoMonitor\\cmagent.exe, a service under services.exe "
             "running as SYSTEM) runs its inventory script with -ExecutionPolicy Bypass every 8 hours on every host; the same "
-            "command line appears on all hosts on all 7 days and only talks to the internal collector SRV-APP02:8443."
+            "command line appears on all hosts on all 7 days and only talks to the internal collector SRV-APP02:8443. "
+            f"The alert comes on day {MONITOR_ALERT_DAY + 1}, after {MONITOR_ALERT_DAY} days of the same runs on all "
+            f"{len(world.hosts)} hosts."
         ),
         key_evidence=[
             evidence(
@@ -2279,51 +2290,65 @@ def scenario_monitoring(world: World) -> tuple[AlertSpec, Truth]:
     return alert, truth
 
 
-def scenario_deployment(world: World) -> tuple[AlertSpec, Truth]:
-    """6: the weekly deployment window: ContosoDeployRunner pushed from SRV-DEPLOY01 by svc_deploy."""
-    world.bucket = "deploy_service"
+def msi_install_cmd(package: str) -> str:
+    return f'"C:\\Windows\\System32\\msiexec.exe" /i \\\\SRV-DEPLOY01\\packages\\{package} /qn'
+
+
+def deployment_window(
+    world: World, start: datetime, package: str, installed: str
+) -> dict[str, tuple[dict[str, Any], Proc]]:
+    """One deployment window: cdeploy on SRV-DEPLOY01 (batch logon as svc_deploy) pushes the package to every
+    target through the ContosoDeployRunner service. Returns each target's 7045 event and runner process."""
     deploy = world.hosts["SRV-DEPLOY01"]
     svc_deploy = world.accounts["svc_deploy"]
-    start = datetime(2026, 11, 18, 2, 0, 12, tzinfo=UTC)
     batch = world.logon(deploy, start, svc_deploy, "4")
     console = world.spawn(
         deploy.procs["schedule"],
         start + timedelta(seconds=1),
         r"C:\Program Files\ContosoDeploy\cdeploy.exe",
-        '"C:\\Program Files\\ContosoDeploy\\cdeploy.exe" push --package 7zip-24.08.msi --collection "Workstations-Weekly"',
+        f'"C:\\Program Files\\ContosoDeploy\\cdeploy.exe" push --package {package} --collection "Workstations-Standard"',
         logon=batch,
         integrity="High",
         cwd="C:\\Program Files\\ContosoDeploy\\",
     )
-    runner_path = r"C:\Windows\ContosoDeployRunner\runner.exe"
-    msi_cmd = r'"C:\Windows\System32\msiexec.exe" /i \\SRV-DEPLOY01\packages\7zip-24.08.msi /qn'
-    trigger: dict[str, Any] | None = None
-    runner_proc: Proc | None = None
+    installs: dict[str, tuple[dict[str, Any], Proc]] = {}
     at = start + timedelta(seconds=20)
     for name in DEPLOY_TARGETS:
         target = world.hosts[name]
         world.connect(console, at, target.ip, 445, target.fqdn)
         world.accept(target.procs["system"], at + timedelta(milliseconds=200), deploy, 445)
         logon = world.logon(target, at + timedelta(milliseconds=500), svc_deploy, "3", source=deploy)
-        world.file_create(target.procs["system"], at + timedelta(seconds=1), runner_path)
-        event = world.service_install(target, at + timedelta(seconds=2), logon, "ContosoDeployRunner", runner_path)
+        world.file_create(target.procs["system"], at + timedelta(seconds=1), DEPLOY_RUNNER)
+        event = world.service_install(target, at + timedelta(seconds=2), logon, "ContosoDeployRunner", DEPLOY_RUNNER)
         runner = world.spawn(
             target.procs["services"],
             at + timedelta(seconds=3),
-            runner_path,
-            runner_path,
+            DEPLOY_RUNNER,
+            DEPLOY_RUNNER,
             logon=world.system_logon(target),
             integrity="System",
             cwd=SYSTEM32_DIR,
         )
-        msi = world.spawn(runner, at + timedelta(seconds=5), r"C:\Windows\System32\msiexec.exe", msi_cmd)
+        msi = world.spawn(runner, at + timedelta(seconds=5), r"C:\Windows\System32\msiexec.exe", msi_install_cmd(package))
         world.connect(msi, at + timedelta(seconds=6), deploy.ip, 445, deploy.fqdn)
-        world.file_create(msi, at + timedelta(seconds=40), r"C:\Program Files\7-Zip\7z.exe")
+        world.file_create(msi, at + timedelta(seconds=40), installed)
         world.connect(runner, at + timedelta(seconds=55), deploy.ip, 8530, deploy.fqdn)
-        if name == "WS-FIN-03":
-            trigger, runner_proc = event, runner
+        installs[name] = (event, runner)
         at += timedelta(seconds=world.rng.randint(45, 90))
-    assert trigger is not None and runner_proc is not None
+    return installs
+
+
+def scenario_deployment(world: World) -> tuple[AlertSpec, Truth]:
+    """6: the deployment tool's second window of the week: ContosoDeployRunner pushed from SRV-DEPLOY01 by
+    svc_deploy, as in the first window five days earlier."""
+    world.bucket = "deploy_service"
+    deploy = world.hosts["SRV-DEPLOY01"]
+    svc_deploy = world.accounts["svc_deploy"]
+    windows = [deployment_window(world, *window) for window in DEPLOY_WINDOWS]
+    trigger, runner_proc = windows[-1]["WS-FIN-03"]
+    first, package = DEPLOY_WINDOWS[0][0], DEPLOY_WINDOWS[-1][1]
+    gap = (DEPLOY_WINDOWS[-1][0] - first).days
+    msi_cmd = msi_install_cmd(package)
     alert = AlertSpec(
         id="demo-6-remote-service",
         rule_name="Remote Service Installation (PsExec-like)",
@@ -2336,7 +2361,7 @@ def scenario_deployment(world: World) -> tuple[AlertSpec, Truth]:
         user=svc_deploy.qualified,
         process=runner_proc,
         ips=[deploy.ip],
-        executable=runner_path,
+        executable=DEPLOY_RUNNER,
     )
     truth = Truth(
         alert_id=alert.id,
@@ -2345,10 +2370,12 @@ def scenario_deployment(world: World) -> tuple[AlertSpec, Truth]:
         affected_hosts=[],
         affected_accounts=[],
         summary=(
-            "The weekly deployment window: svc_deploy logs on from SRV-DEPLOY01 (Kerberos), installs the sanctioned "
+            "A deployment window: svc_deploy logs on from SRV-DEPLOY01 (Kerberos), installs the sanctioned "
             "ContosoDeployRunner service (C:\\Windows\\ContosoDeployRunner\\runner.exe, signed by Contoso Ltd., same hash "
             "everywhere), which installs 7-Zip from the deployment share with msiexec; the identical install happens on "
-            f"{len(DEPLOY_TARGETS)} workstations within the same hour."
+            f"{len(DEPLOY_TARGETS)} workstations within the same hour. The same runner service was installed the same "
+            f"way on the same {len(DEPLOY_TARGETS)} workstations in the previous window, {first:%m-%d} (another package), "
+            f"{gap} days before the alert: established behaviour, not a new binary spreading."
         ),
         key_evidence=[
             evidence(
@@ -2364,14 +2391,14 @@ def scenario_deployment(world: World) -> tuple[AlertSpec, Truth]:
                 "WS-FIN-03",
                 EventID=7045,
                 ServiceName="ContosoDeployRunner",
-                ImagePath=runner_path,
+                ImagePath=DEPLOY_RUNNER,
             ),
             evidence(
                 "the runner installs a package from the deployment share",
                 "WS-FIN-03",
                 EventID=1,
                 Image=r"C:\Windows\System32\msiexec.exe",
-                ParentImage=runner_path,
+                ParentImage=DEPLOY_RUNNER,
                 CommandLine=msi_cmd,
             ),
             evidence(
@@ -2384,9 +2411,12 @@ def scenario_deployment(world: World) -> tuple[AlertSpec, Truth]:
         ],
         prevalence=[
             prevalence(
-                "the same service install across hosts in one window",
-                {"EventID": 7045, "ServiceName": "ContosoDeployRunner"},
-                min_hosts=15,
+                f"the same service install on the same hosts in both windows, {gap} days apart",
+                {"EventID": 7045, "ServiceName": "ContosoDeployRunner", "ImagePath": DEPLOY_RUNNER},
+                hosts=DEPLOY_TARGETS,
+                min_count=len(DEPLOY_WINDOWS) * len(DEPLOY_TARGETS),
+                max_count=len(DEPLOY_WINDOWS) * len(DEPLOY_TARGETS),
+                min_days=len(DEPLOY_WINDOWS),
             ),
             prevalence(
                 "logons by svc_deploy come only from SRV-DEPLOY01",

@@ -132,3 +132,13 @@ def alert_for(event: dict[str, Any], rule: str, host: str, proc: Proc | None = N
     return Alert(id=alert_id or f"{rule}-{host}-{event['@timestamp']}", rule_name=rule, timestamp=at, first_seen=at,
                  last_seen=at, techniques=techniques or [], entities=Entities(hosts=[host], users=users),
                  process=ref, event={**flat, **extra})
+
+
+def security_process(host: str, at: datetime, pid: int, image: str, command_line: str, parent_pid: int,
+                     parent_image: str, user: str, logon_id: str) -> dict[str, Any]:
+    """A Security 4688 event as Windows writes it: pids in hex, no entity ids."""
+    name = user.split("\\")[-1]
+    return {"@timestamp": iso(at), "Hostname": f"{host}.contoso.local", "Channel": "Security", "EventID": 4688,
+            "NewProcessId": hex(pid), "NewProcessName": image, "CommandLine": command_line, "ProcessId": hex(parent_pid),
+            "ParentProcessName": parent_image, "SubjectUserName": name, "SubjectDomainName": DOMAIN,
+            "SubjectLogonId": logon_id, "TargetUserName": "-", "TargetLogonId": "0x0"}

@@ -1,4 +1,5 @@
-"""Asset inventory: host, identity and known-software lookups from config, and the shipped defaults."""
+"""Asset inventory: host, identity and known-software lookups from config, the shipped generic defaults
+and the demo's CONTOSO inventory (examples/assets.yaml)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from siemcrew.config.settings import Settings
 from siemcrew.crew.assets import AssetInventory, ConfigError, normalize_path
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 CUSTOM = {
     "defaults": {"host": {"tier": "tier2", "criticality": "low"}},
@@ -33,6 +37,11 @@ CUSTOM = {
 @pytest.fixture(scope="module")
 def shipped() -> AssetInventory:
     return AssetInventory.load()
+
+
+@pytest.fixture(scope="module")
+def demo() -> AssetInventory:
+    return AssetInventory.load(EXAMPLES / "assets.yaml")
 
 
 @pytest.mark.parametrize(
@@ -118,16 +127,33 @@ def test_sanctioned_tools() -> None:
         ("\\\\?\\C:\\Program Files\\ContosoDeploy\\runner.exe", "Contoso Deploy"),
         ("%ProgramFiles%\\ContosoDeploy\\runner.exe", "Contoso Deploy"),
         ("C:\\Program Files\\\\ContosoDeploy\\runner.exe", "Contoso Deploy"),
-        ("C:\\Windows\\CCM\\CcmExec.exe", "Microsoft Configuration Manager client"),
         ("C:\\Windows\\System32\\cmd.exe", None),
         ("C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe", None),
         ("C:\\Users\\Public\\ContosoMonitor\\monitor.exe", None),
         ("C:\\Program Files\\ContosoMonitorEvil.exe", None),
     ],
 )
-def test_shipped_known_software(shipped: AssetInventory, path: str, name: str | None) -> None:
-    found = shipped.known_software(path)
+def test_demo_known_software(demo: AssetInventory, path: str, name: str | None) -> None:
+    found = demo.known_software(path)
     assert (found.name if found else None) == name
+
+
+def test_shipped_defaults_name_no_organisations_software(shipped: AssetInventory) -> None:
+    """Known software and sanctioned tools are one organisation's facts: the packaged file has none."""
+    assert shipped.config.known_software == []
+    assert not any(rule.sanctioned_tools for rule in shipped.config.identities)
+    assert shipped.known_software("C:\\Program Files\\ContosoMonitor\\cmagent.exe") is None
+    assert shipped.known_service("ContosoDeployRunner") is None
+
+
+def test_demo_config_uses_the_demo_inventory(tmp_path: Path) -> None:
+    settings = Settings.load(EXAMPLES / "demo.yaml", home=str(tmp_path / "home"))
+    assert settings.config_file("assets") == EXAMPLES / "assets.yaml"
+    inventory = AssetInventory.load(settings.config_file("assets"))
+    admin = inventory.identity("CONTOSO\\adm_tnguyen")
+    assert admin.sanctions("C:\\Tools\\Sysinternals\\procdump64.exe") and admin.tier == "tier0"
+    assert not inventory.identity("CONTOSO\\adm_kwilson").sanctions("C:\\Tools\\Sysinternals\\procdump64.exe")
+    assert inventory.identity("svc_deploy").sanctions("C:\\Program Files\\ContosoDeploy\\cdeploy.exe")
 
 
 def test_known_software_by_file_name_and_service() -> None:
@@ -135,7 +161,7 @@ def test_known_software_by_file_name_and_service() -> None:
     assert inventory.known_software("D:\\tools\\AgentSvc.exe").name == "Agent"
     assert inventory.known_software("D:\\tools\\other.exe") is None
     assert inventory.known_service("agentsvc").name == "Agent"
-    assert AssetInventory.load().known_service("ContosoDeployRunner").name == "Contoso Deploy"
+    assert AssetInventory.load(EXAMPLES / "assets.yaml").known_service("ContosoDeployRunner").name == "Contoso Deploy"
     assert inventory.known_service("nope") is None
 
 

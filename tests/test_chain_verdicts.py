@@ -13,6 +13,7 @@ from scenes import T0, Scene, alert_for
 
 from siemcrew.config.settings import Settings
 from siemcrew.crew.chain import build
+from siemcrew.crew.models import ProcessRef
 from siemcrew.crew.operations import investigate
 from siemcrew.crew.runtime import Runtime
 
@@ -161,3 +162,54 @@ def test_the_accounts_of_a_run_as_chain_and_its_explicit_credentials_are_in_scop
     chain = build(case)
     relations = {n.executable.split("\\")[-1].lower(): n.relation for n in chain.members()}
     assert relations.get("tool.exe") == "subject" and relations.get("runas.exe") == "ancestor"
+
+
+def test_a_download_is_judged_by_what_the_downloaded_program_did(tmp_path: Path) -> None:
+    scene = Scene()
+    browser_parent = scene.existing("WS-3", EXPLORER, user="CONTOSO\\dana", logon_id="0x5000")
+    lsass = scene.existing("WS-3", LSASS)
+    browser = scene.spawn(browser_parent, T0, r"C:\Program Files (x86)\Microsoft\Edge\Application\msedge.exe",
+                          r'"C:\Program Files (x86)\Microsoft\Edge\Application\msedge.exe"')
+    digest = "ab" * 32
+    path = r"C:\Users\dana\Downloads\update.exe"
+    download = scene.file(browser, T0 + timedelta(seconds=10), path, event_id=15,
+                          Hash=f"SHA1={'cd' * 20},MD5={'ef' * 16},SHA256={digest.upper()}")
+    scene.file(browser, T0 + timedelta(seconds=10), path + ":Zone.Identifier", event_id=15,
+               Contents="[ZoneTransfer]  ZoneId=3  HostUrl=http://203.0.113.7/update.exe")
+    program = scene.spawn(browser_parent, T0 + timedelta(seconds=40), path, f'"{path}"',
+                          Hashes=f"SHA1={'cd' * 20},MD5={'ef' * 16},SHA256={digest.upper()}")
+    scene.access(program, lsass, T0 + timedelta(seconds=60), "0x1010")
+    # the same browser also downloaded a document that nobody ran
+    scene.file(browser, T0 + timedelta(seconds=90), r"C:\Users\dana\Downloads\menu.pdf", event_id=15)
+    case = investigate(_runtime(tmp_path, scene), alert_for(download, "Executable downloaded", "WS-3", browser,
+                                                            ["T1105"], **{"file.path": path}))
+    assert case.verdict == "malicious", case.summary
+    assert "lsass_memory_access" in case.summary and "dana" in _accounts(case)
+    chain = build(case)
+    assert any(n.relation == "descendant" and n.executable == path for n in chain.members())
+
+
+def test_security_log_only_telemetry_is_linked_by_pid_and_time(tmp_path: Path) -> None:
+    from scenes import security_process
+
+    scene = Scene()
+    ps = r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe"
+    scene.events.append(security_process("WS-6", T0, 0x1a2c, ps, f"{ps} -nop -w hidden -enc SQBFAFgAIAAoAE4AZQB3AC0ATwBiAGoA",
+                                         0x0f10, EXPLORER, "CONTOSO\\dana", "0x5000"))
+    scene.events.append(security_process("WS-6", T0 + timedelta(seconds=5), 0x0b44, CMD, "cmd.exe /c whoami /all",
+                                         0x1a2c, ps, "CONTOSO\\dana", "0x5000"))
+    whoami = security_process("WS-6", T0 + timedelta(seconds=6), 0x0c10, r"C:\Windows\System32\whoami.exe",
+                              "whoami /all", 0x0b44, CMD, "CONTOSO\\dana", "0x5000")
+    scene.events.append(whoami)
+    # an unrelated process with a reused pid, an hour earlier: not an ancestor
+    scene.events.append(security_process("WS-6", T0 - timedelta(hours=1), 0x0b44, r"C:\Windows\System32\notepad.exe",
+                                         "notepad.exe", 0x0f10, EXPLORER, "CONTOSO\\dana", "0x5000"))
+    alert = alert_for(whoami, "Whoami", "WS-6", None, ["T1033"], **{"process.pid": 0x0c10,
+                      "process.executable": r"C:\Windows\System32\whoami.exe"})
+    alert.process = ProcessRef(executable=r"C:\Windows\System32\whoami.exe", pid=0x0c10)
+    case = investigate(_runtime(tmp_path, scene), alert)
+    chain = build(case)
+    names = {n.executable.split("\\")[-1].lower(): n.relation for n in chain.members()}
+    assert names.get("cmd.exe") == "ancestor" and names.get("powershell.exe") == "ancestor", names
+    assert "notepad.exe" not in names
+    assert case.verdict in ("malicious", "suspicious") and "encoded_powershell" in case.summary

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import run_cli
+from conftest import EXAMPLES, run_cli
 
 from emulators.e2e_helpers import (
     audit_records,
@@ -72,7 +72,9 @@ def _config(tmp_path: Path, emulator: ElasticEmulator) -> str:
     elastic = {"url": emulator.es_url, "kibana_url": emulator.kibana_url, "api_key_env": "ELASTIC_API_KEY",
                "ca_file": str(emulator.ca_file), "request_timeout": REQUEST_TIMEOUT_S, "retries": 3,
                "retry_wait": 0.01, "retry_wait_max": 0.05}
+    # the demo's CONTOSO events, so the demo's CONTOSO inventory (its admins' sanctioned tools)
     return write_config(tmp_path / "siemcrew.yaml", {"source": "elastic", "home": str(tmp_path / "home"),
+                                                     "assets_file": str(EXAMPLES / "assets.yaml"),
                                                      "elastic": elastic,
                                                      "serve": {"approvers": {"alice": "SIEMCREW_APPROVER_ALICE"}}})
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import run_cli
+from conftest import EXAMPLES, run_cli
 
 from emulators.e2e_helpers import (
     action_rows,
@@ -73,7 +73,9 @@ def splunkd(tmp_path: Path, events: list[dict[str, Any]]) -> Iterator[SplunkdEmu
 def _config(tmp_path: Path, emulator: SplunkdEmulator, **overrides: Any) -> str:
     splunk = connector_settings(emulator, alerts={"initial_lookback": "0"}, **overrides)
     splunk["hec"]["ca_file"] = str(emulator.tls.ca_file)  # type: ignore[union-attr]
+    # the demo's CONTOSO events, so the demo's CONTOSO inventory (its admins' sanctioned tools)
     return write_config(tmp_path / "siemcrew.yaml", {"source": "splunk", "home": str(tmp_path / "home"),
+                                                     "assets_file": str(EXAMPLES / "assets.yaml"),
                                                      "splunk": splunk, "serve": {"approvers": {
                                                          n: f"SIEMCREW_APPROVER_{n.upper()}" for n in APPROVERS}}})
 

@@ -19,6 +19,7 @@ def _config(tmp_path: Path) -> str:
     text = text.replace("home: ../.siemcrew-demo", f"home: {tmp_path / 'home'}")
     text = text.replace("events: [events]", f"events: [{EXAMPLES / 'events'}]")
     text = text.replace("alerts: [alerts]", f"alerts: [{EXAMPLES / 'alerts'}]")
+    text = text.replace("assets_file: assets.yaml", f"assets_file: {EXAMPLES / 'assets.yaml'}")
     path = tmp_path / "siemcrew.yaml"
     path.write_text(text, encoding="utf-8")
     return str(path)

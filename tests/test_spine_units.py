@@ -84,33 +84,30 @@ def test_indicators_recognise_behaviour_not_names() -> None:
     assert is_external_ip("185.220.101.47") and not is_external_ip("10.0.0.1")
 
 
-def test_reasoner_needs_benign_evidence_to_call_benign_and_scopes_lateral_movement() -> None:
+def test_reasoner_closes_only_on_established_behaviour_and_never_over_strong_malice() -> None:
     inventory = AssetInventory.load(CONFIG_DIR / "assets.yaml")
-    case = Case(id="c", alerts=[_alert(process=ProcessRef(executable="C:\\x\\tool.exe", command_line="tool.exe /q"))])
-    assert Reasoner(case, inventory).assess().verdict == "suspicious"  # no evidence either way: escalate
-    prevalence = _ev("prevalence", "tool.exe /q", [{"host.hostname": f"WS-{i}", "count": 3} for i in range(8)],
-                     entity_type="process")
-    case.evidence = [prevalence]
+    proc = ProcessRef(executable="C:\\x\\tool.exe", command_line="tool.exe /q", pid=40)
+    case = Case(id="c", alerts=[_alert(process=proc)])
+    assert Reasoner(case, inventory).assess().verdict == "suspicious"  # no evidence either way: a human decides
+    before = TimeRange(start=T0 - timedelta(days=30), end=T0 - timedelta(hours=1))
+    hosts = [{"host.hostname": f"WS-{i}", "count": 3} for i in range(8)]
+    first_seen = _ev("prevalence", "tool.exe /q", [{"@timestamp": "2026-11-10T09:00:00.000Z"}], entity_type="process")
+    # many hosts, but only around the alert (no history): not established
+    around = _ev("prevalence", "tool.exe /q", hosts, entity_type="process",
+                 window=TimeRange(start=T0 - timedelta(hours=1), end=T0 + timedelta(hours=1)))
+    case.evidence = [around]
+    assert Reasoner(case, inventory).assess().verdict != "benign"
+    established = _ev("prevalence", "tool.exe /q", hosts, entity_type="process", window=before)
+    case.evidence = [established, first_seen]
     assessment = Reasoner(case, inventory).assess()
-    assert assessment.verdict == "benign"
-    assert all(set(f.evidence_ids) <= {prevalence.id} for f in assessment.findings)
-
-    attack = Case(id="d", alerts=[_alert()])
-    lineage = _ev("process_lineage", "C:\\x\\powershell.exe", [
-        {"host.hostname": "WS-1", "event.code": "1", "process.executable": "C:\\x\\rundll32.exe",
-         "process.command_line": "rundll32.exe C:\\Windows\\System32\\comsvcs.dll, MiniDump 640 d.dmp full"}],
-        entity_type="process")
-    out = _ev("logon_activity", "10.0.0.5", [
-        {"host.hostname": "SRV-2", "event.code": "4624", "logon.type": "3", "user.name": "adm", "user.domain": "CORP",
-         "source.ip": "10.0.0.5"}], entity_type="ip")
-    attack.evidence = [lineage, out]
-    first = Reasoner(attack, inventory).assess()
-    assert first.verdict == "malicious" and "SRV-2" in first.candidate_hosts and "SRV-2" not in first.affected_hosts
-    remote = _ev("host_activity", "SRV-2", [
-        {"host.hostname": "SRV-2", "event.code": "7045", "service.executable": "%COMSPEC% /c whoami > x"}])
-    attack.evidence.append(remote)
-    second = Reasoner(attack, inventory).assess()
-    assert "SRV-2" in second.affected_hosts and "CORP\\adm" in second.affected_users
+    assert assessment.verdict == "benign" and "established_behaviour" in assessment.summary
+    assert all(set(f.evidence_ids) <= {established.id, first_seen.id} for f in assessment.findings)
+    # the same history never outweighs a strong indicator of the alert's own process
+    dump = _ev("alert_events", "WS-1", [{"host.hostname": "WS-1", "event.code": "1", "process.pid": 40,
+                                         "process.executable": "C:\\x\\tool.exe",
+                                         "process.command_line": "tool.exe comsvcs.dll, MiniDump 640 d.dmp full"}])
+    case.evidence = [established, first_seen, dump]
+    assert Reasoner(case, inventory).assess().verdict == "malicious"
 
 
 # -- verifier --------------------------------------------------------------------------------------
@@ -193,10 +190,11 @@ def test_alerts_without_any_process_need_logon_evidence_instead_of_a_process_tre
     req = EvidenceRequirements.load(CONFIG_DIR / "evidence.yaml")
     account_alert = _alert(process=None, techniques=["T1558.003"])
     case = Case(id="k", alerts=[account_alert], verdict="suspicious")
-    case.evidence = [_ev("host_activity", "WS-1", [{"event.code": "4769", "user.name": "bob"}])]
-    kinds = req.required(case)
+    case.evidence = [_ev("alert_events", "WS-1", [{"event.code": "4769", "user.name": "bob"}]),
+                     _ev("host_activity", "WS-1", [{"event.code": "1", "process.executable": "C:\\y.exe"}])]
+    kinds = req.required(case)  # other processes on the host are not the alert's
     assert "process_lineage" not in kinds and "logon_activity" in kinds
-    case.evidence = [_ev("host_activity", "WS-1", [{"event.code": "1", "process.executable": "C:\\x.exe"}])]
+    case.evidence = [_ev("alert_events", "WS-1", [{"event.code": "1", "process.executable": "C:\\x.exe"}])]
     assert "process_lineage" in req.required(case)
 
 

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from emulators.splunkd import NOW, T0, SavedSearch, SplunkdEmulator, connector_settings, sample_events, sample_notables
 from siemcrew.connectors.base import AlertUpdate, ConnectorError
+from siemcrew.connectors.splunk.alerts import alert_from_notable
 from siemcrew.connectors.splunk.checkpoint import AlertCheckpoint, Stamped
 from siemcrew.connectors.splunk.connector import SplunkConnector
 from siemcrew.connectors.splunk.intake import SplunkActionHandoff, alerts_from_handoff
@@ -85,6 +86,13 @@ def test_a_notable_becomes_a_normalized_alert(splunkd: SplunkdEmulator) -> None:
     assert alert.drilldown == "index=auth action=failure src=10.0.0.5"
     assert alert.techniques == ["T1110", "T1110.001"]
     assert alert.raw["event_id"] == notable["event_id"] and alert.raw["status_label"] == "New"
+
+
+def test_a_notable_keeps_the_time_of_its_triggering_event() -> None:
+    """ES stamps a notable when its search ran (`_time`); `orig_time` is when the triggering event happened."""
+    alert = alert_from_notable({**sample_notables()[0], "orig_time": T0 - 45})
+    assert alert.timestamp.timestamp() == T0 + 7 and alert.first_seen.timestamp() == T0 - 45
+    assert alert_from_notable(sample_notables()[0]).first_seen is None
 
 
 def test_a_malformed_checkpoint_is_a_clear_error(splunkd: SplunkdEmulator) -> None:

@@ -71,6 +71,7 @@ class ChainTracer:
         self.pids: dict[str, int | None] = {}         # nodes known without a start event
         self.hints: dict[str, str] = {}               # their executable, as their children name it
         self.addresses: dict[str, set[str]] = {}      # host -> its own addresses
+        self.resolved: dict[str, list[str]] = {}      # address -> the hosts that own it
 
     # -- plumbing --------------------------------------------------------------------------
     def search(self, kind: str, entity_type: str, filters: list[Filter], *, host: str | None = None,
@@ -426,10 +427,20 @@ class ChainTracer:
         return self.addresses[host]
 
     def resolve(self, ip: str) -> list[str]:
-        rows = self.search("host_addresses", "ip", [Filter(field="source.ip", value=ip),
-                                                     Filter(field="network.direction", value="outbound")],
-                           time_range=self.window, group_by=["host.hostname"], limit=10, rank=None)
-        return [short_host(r["host.hostname"]) for r in rows if r.get("host.hostname")]
+        """The hosts that own an address: their outbound connections come from it, or, for a host that
+        only serves, the connections it accepts go to it."""
+        if ip in self.resolved:
+            return self.resolved[ip]
+        hosts: list[str] = []
+        for address, direction in (("source.ip", "outbound"), ("destination.ip", "inbound")):
+            rows = self.search("host_addresses", "ip", [Filter(field=address, value=ip),
+                                                         Filter(field="network.direction", value=direction)],
+                               time_range=self.window, group_by=["host.hostname"], limit=10, rank=None)
+            hosts = [short_host(r["host.hostname"]) for r in rows if r.get("host.hostname")]
+            if hosts:
+                break
+        self.resolved[ip] = hosts
+        return hosts
 
     def remote_origins(self, sessions: list[dict[str, Any]], alert_rows: list[dict[str, Any]]) -> None:
         """A chain that runs in a network logon from another host, or an alert about a connection coming in

@@ -116,6 +116,7 @@ def alert_from_row(
         risk_score=_float(first(row, "risk_score")),
         description=first(row, "rule_description", "description") or "",
         timestamp=splunk_time(row.get("_time")) or utcnow(),
+        first_seen=splunk_time(row.get("orig_time")),  # an ES notable's triggering event; _time is the search's
         techniques=techniques_from_row(row),
         tags=[f"security_domain:{security_domain}"] if security_domain else [],
         entities=entities_from_row(row),
