@@ -313,12 +313,14 @@ def audit_verify(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
 
 
 @app.command()
-def doctor(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
-    """Check configuration, stores, connector health and offline switches."""
+def doctor(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
+           days: int = typer.Option(7, "--days", min=1, help="How far back to sample the SIEM's events."),
+           data: bool = typer.Option(True, "--data/--no-data", help="Sample the event scope per evidence kind.")) -> None:
+    """Check configuration, stores, connector health, the data's fields and offline switches."""
     from siemcrew.crew.doctor import checks
 
     settings = _settings(config)
-    results = checks(settings)
+    results = checks(settings, data_days=days if data else None)
     ok = all(r["ok"] for r in results)
 
     def human() -> None:
@@ -326,7 +328,7 @@ def doctor(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
         for col in ("check", "ok", "detail"):
             table.add_column(col)
         for r in results:
-            table.add_row(r["check"], "yes" if r["ok"] else "NO", r["detail"][:120])
+            table.add_row(r["check"], "yes" if r["ok"] else "NO", r["detail"][:400])
         Console(file=_out()).print(table)
     _emit({"ok": ok, "checks": results}, as_json, human)
     raise typer.Exit(EXIT_OK if ok else EXIT_ERROR)

@@ -119,20 +119,46 @@ def _rows(items: Iterable[Evidence]) -> Iterable[tuple[Evidence, dict[str, Any]]
                 yield item, row
 
 
+class PidIndex:
+    """(host, pid) -> the processes with an entity id that held that pid, by start time. Pids are reused, so
+    an event that names only a pid joins the process that held it at the event's time."""
+
+    SKEW = 2.0  # seconds: the same process's events from different channels are stamped a little apart
+
+    def __init__(self) -> None:
+        self.starts: dict[tuple[str, str], list[tuple[datetime | None, str]]] = {}
+
+    def add(self, host: str, pid: Any, moment: datetime | None, key: str) -> None:
+        entries = self.starts.setdefault((host, str(pid)), [])
+        if (moment, key) not in entries:
+            entries.append((moment, key))
+
+    def find(self, host: str, pid: Any, at: datetime | None) -> str | None:
+        entries = self.starts.get((host, str(pid)), [])
+        if at is None:
+            return entries[-1][1] if entries else None
+        held = [(m, k) for m, k in entries if m is None or (m - at).total_seconds() <= self.SKEW]
+        if not held:
+            return None
+        return max(held, key=lambda pair: pair[0] or datetime.min.replace(tzinfo=at.tzinfo))[1]
+
+
 def build(case: Case, knowledge: Knowledge | None = None) -> Chain:
     """Rebuild the alert's chain from the case's evidence."""
     alert = case.alert
     chain = Chain(host=short_host(alert.primary_host))
-    evidence = [e for e in case.evidence if e.kind in CHAIN_KINDS]
-    pid_index: dict[tuple[str, str], str] = {}
+    # The host's whole process tree (one search the tracer reads ancestors from) is not the chain itself:
+    # the chain's own start events are recorded separately.
+    evidence = [e for e in case.evidence if e.kind in CHAIN_KINDS and e.entity_type != "tree"]
+    pid_index = PidIndex()
 
     def node_for(row: dict[str, Any], create: bool = True) -> Node | None:
         key = _key(row)
         if key is None:
             return None
         host = short_host(row.get("host.hostname")) or chain.host
-        if "|" in key and (host, str(row.get("process.pid"))) in pid_index:
-            key = pid_index[(host, str(row.get("process.pid")))]
+        if "|" in key:
+            key = pid_index.find(host, row.get("process.pid"), parse_time(row.get("@timestamp"))) or key
         if key not in chain.nodes:
             if not create:
                 return None
@@ -149,15 +175,15 @@ def build(case: Case, knowledge: Knowledge | None = None) -> Chain:
         if node and (node.start is None or _better_start(row, node.start, latest)):
             node.start, node.start_id = row, item.id
             if row.get("process.entity_id") and row.get("process.pid") not in (None, ""):
-                pid_index[(node.host, str(row["process.pid"]))] = node.key
+                pid_index.add(node.host, row["process.pid"], parse_time(row.get("@timestamp")), node.key)
     for node in list(chain.nodes.values()):
         start = node.start or {}
         parent_guid = start.get("process.parent.entity_id")
         if parent_guid and parent_guid != NULL_GUID:
             node.parent_key = str(parent_guid)
         elif start.get("process.parent.pid") not in (None, ""):
-            node.parent_key = pid_index.get((node.host, str(start["process.parent.pid"])),
-                                            f"{node.host}|{start['process.parent.pid']}")
+            node.parent_key = pid_index.find(node.host, start["process.parent.pid"], parse_time(start.get("@timestamp"))) \
+                or f"{node.host}|{start['process.parent.pid']}"
         if node.parent_key and start.get("process.parent.executable") and (
                 node.parent_key not in chain.nodes or chain.nodes[node.parent_key].start is None):
             # The parent started before the data: its child's start event names it (path, command line).

@@ -16,7 +16,21 @@ def _check(name: str, fn: Callable[[], str]) -> dict[str, Any]:
         return {"check": name, "ok": False, "detail": f"{type(exc).__name__}: {describe_error(exc)}"[:500]}
 
 
-def checks(settings: Settings) -> list[dict[str, Any]]:
+def data_checks(settings: Settings, days: int) -> list[dict[str, Any]]:
+    """One row per evidence kind: are its events in scope, and do they carry the fields the tools read?
+    The embedded store is sampled whole (it holds exported files, not a live feed)."""
+    from siemcrew.crew.datacheck import check_data
+    from siemcrew.crew.runtime import build_siem
+
+    try:
+        siem = build_siem(settings)
+        reports = check_data(siem, days=days, whole=settings.source == "local")
+    except Exception as exc:  # noqa: BLE001 - a connector that cannot even be built is one readable row
+        return [{"check": "data", "ok": False, "detail": f"{type(exc).__name__}: {describe_error(exc)}"[:500]}]
+    return [{"check": f"data: {r.name}", "ok": r.ok, "detail": r.summary()[:1500]} for r in reports]
+
+
+def checks(settings: Settings, data_days: int | None = 7) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     home = settings.home_path
 
@@ -63,6 +77,8 @@ def checks(settings: Settings) -> list[dict[str, Any]]:
         return f"{report.connector}: {report.detail}"[:300]
 
     results.append(_check(f"siem connector ({settings.source})", connector))
+    if data_days is not None:
+        results += data_checks(settings, data_days)
 
     if settings.edr:
         def edr() -> str:

@@ -23,6 +23,7 @@ from siemcrew.config.settings import CONFIG_DIR, load_yaml
 Condition = Callable[[Any], bool]
 ENCODED_COMMAND = re.compile(r"(?:powershell|pwsh)(?:\.exe)?\b.*?\s[-/]e(?:c|nc\w*)?\s+[\"']?([A-Za-z0-9+/=]{16,})", re.IGNORECASE)
 SCRIPT_FIELD = "powershell.script_block_text"
+TECHNIQUE = re.compile(r"\bT\d{4}(?:\.\d{3})?\b")
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,11 @@ class IndicatorSet:
 
     def weight(self, name: str) -> float:
         return next((i.weight for i in self.indicators if i.name == name), 0.0)
+
+    def techniques(self, name: str) -> list[str]:
+        """The ATT&CK techniques an indicator evidences: the ids its `source` line names."""
+        source = next((i.source for i in self.indicators if i.name == name), "")
+        return list(dict.fromkeys(TECHNIQUE.findall(source)))
 
     def hits(self, event: dict[str, Any]) -> list[Hit]:
         """Indicators the event matches; memoised on the fields indicators read (rows repeat a lot).

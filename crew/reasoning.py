@@ -59,6 +59,7 @@ class Assessment:
     rare_external_ips: list[str] = field(default_factory=list)
     malicious_processes: list[dict[str, Any]] = field(default_factory=list)
     related_cases: list[str] = field(default_factory=list)
+    external_destinations: list[str] = field(default_factory=list)  # of the chain, to be checked for rarity
     summary: str = ""
 
 
@@ -67,6 +68,20 @@ def _rows(items: Iterable[Evidence]) -> Iterable[tuple[Evidence, dict[str, Any]]
         if item.status == "ok":
             for row in item.sample:
                 yield item, row
+
+
+def effective_techniques(case: Case, indicators: IndicatorSet | None = None) -> list[str]:
+    """The alert's ATT&CK techniques; for an alert that carries none (a customer's own search or rule),
+    the techniques its own events show (an LSASS read -> T1003.001), from the indicators they match."""
+    if case.alert.techniques:
+        return list(case.alert.techniques)
+    ind = indicators or IndicatorSet.load()
+    found: list[str] = []
+    for item, row in _rows(e for e in case.evidence if e.kind == "alert_events"):
+        for hit in ind.hits(row):
+            if not hit.benign:
+                found += [t for t in ind.techniques(hit.name) if t not in found]
+    return found
 
 
 def _detail(row: dict[str, Any]) -> str:
@@ -285,6 +300,16 @@ class Reasoner:
                         hosts.setdefault(host, 0.0)
         return hosts
 
+    def external_destinations(self, chain: Chain) -> list[str]:
+        """External addresses the chain's processes connected to, in first-seen order."""
+        out: list[str] = []
+        for node in chain.members(COUNTED):
+            for _, row in node.rows:
+                ip = str(row.get("destination.ip") or "")
+                if is_external_ip(ip) and ip not in out:
+                    out.append(ip)
+        return out
+
     def rare_external(self, chain: Chain) -> list[tuple[str, str]]:
         """(ip, evidence id) of external destinations of the chain seen on at most `rare_max_hosts` hosts."""
         stats = self.prevalence()
@@ -295,8 +320,8 @@ class Reasoner:
                 if not is_external_ip(ip) or ip in {i for i, _ in out}:
                     continue
                 entry = stats.get(ip)
-                if entry is None or len(entry["hosts"]) <= self.ind.rare_max_hosts:
-                    out.append((ip, entry["ids"][0] if entry else eid))
+                if entry is not None and len(entry["hosts"]) <= self.ind.rare_max_hosts:
+                    out.append((ip, entry["ids"][0]))
         return out
 
     # -- verdict ---------------------------------------------------------------------------------
@@ -353,6 +378,7 @@ class Reasoner:
             signals=malicious + benign, context=context, findings=findings, affected_hosts=affected_hosts,
             affected_users=users, candidate_hosts=sorted(remote), candidate_ips=[],
             rare_external_ips=[ip for ip, _ in rare], malicious_processes=self._malicious_processes(chain, verdict),
+            external_destinations=self.external_destinations(chain) if verdict == "malicious" else [],
             related_cases=[c for c, _ in related], summary=summary,
         )
 

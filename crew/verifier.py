@@ -13,7 +13,7 @@ from typing import Any
 from siemcrew.config.settings import load_yaml
 from siemcrew.crew.indicators import short_host
 from siemcrew.crew.models import Case, Gap, TimeRange, VerificationReport
-from siemcrew.crew.reasoning import Reasoner
+from siemcrew.crew.reasoning import Reasoner, effective_techniques
 
 CONFIDENCE_RANK = {"low": 0, "medium": 1, "high": 2}
 
@@ -48,12 +48,12 @@ class EvidenceRequirements:
         if case.verdict == "benign":
             kinds = list(self.benign_requires)
         else:
-            cat = self.category(case.alert.techniques, case.alert.tactics)
+            cat = self.category(effective_techniques(case), case.alert.tactics)
             kinds = list((self.categories.get(cat) or self.categories.get("default") or {}).get("required") or [])
         if "process_lineage" in kinds and not names_a_process(case):
             # An alert about an account or a connection, with no process anywhere near it: its story is
-            # told by logons, not by a process tree.
-            kinds = [k for k in kinds if k != "process_lineage"]
+            # told by logons, not by a process tree (nor by how common a process is).
+            kinds = [k for k in kinds if k not in ("process_lineage", "prevalence")]
             if "logon_activity" not in kinds:
                 kinds.append("logon_activity")
         return kinds
@@ -87,12 +87,18 @@ def verify(case: Case, requirements: EvidenceRequirements, inventory: Any) -> Ve
     # 1. required kinds present (ok or empty)
     accepted = ("ok",) if case.verdict == "benign" else ("ok", "empty")  # closing needs something found
     missing = [k for k in required if not any(e.kind == k and e.status in accepted for e in evidence)]
+    asked = [e for e in evidence if e.kind == "alert_events" and e.status != "error"]
+    blind = bool(asked) and not any(e.status == "ok" for e in asked)
+    if blind:
+        # The SIEM holds the alert's events (it fired on them): not seeing them is blindness, not evidence.
+        gaps.append(Gap(check="required_evidence", hint="alert_events",
+                        detail="cannot see the alert's own events: check the field mapping (siemcrew doctor)"))
     if case.verdict == "benign":
         missing += [k for k in requirements.benign_requires_traced if k not in missing
                     and not any(e.kind == k and e.status in ("ok", "empty") for e in evidence)]
     for kind in missing:
         gaps.append(Gap(check="required_evidence", detail=f"no {kind} evidence", hint=kind))
-    if not missing:
+    if not missing and not blind:
         passed.append("required_evidence")
 
     # 2. every entity (and every host in scope) was pivoted on by a query

@@ -213,3 +213,36 @@ def test_security_log_only_telemetry_is_linked_by_pid_and_time(tmp_path: Path) -
     assert names.get("cmd.exe") == "ancestor" and names.get("powershell.exe") == "ancestor", names
     assert "notepad.exe" not in names
     assert case.verdict in ("malicious", "suspicious") and "encoded_powershell" in case.summary
+
+
+def test_an_alert_whose_own_events_cannot_be_seen_is_escalated_as_a_data_gap(tmp_path: Path) -> None:
+    scene = Scene()
+    explorer = scene.existing("WS-8", EXPLORER, user="CONTOSO\\dana", logon_id="0x5000")
+    tool = scene.spawn(explorer, T0, r"C:\Users\Public\tool.exe", r"C:\Users\Public\tool.exe")
+    event = scene.events[-1]
+    alert = alert_for(event, "Tool", "WS-8", tool, ["T1204.002"])
+    alert.entities.hosts = ["LAPTOP-8"]  # the SIEM names the host differently: the searches see nothing
+    case = investigate(_runtime(tmp_path, scene), alert)
+    assert case.status == "escalated" and case.verdict != "benign"
+    assert case.verification.status == "incomplete"
+    assert any("cannot see the alert's own events" in g.detail for g in case.verification.gaps)
+    assert "cannot see the alert's own events" in case.summary
+
+
+def test_an_alert_without_attack_mapping_gets_its_techniques_from_its_own_events(tmp_path: Path) -> None:
+    from siemcrew.crew.reasoning import effective_techniques
+    from siemcrew.crew.verifier import EvidenceRequirements
+    from siemcrew.config.settings import CONFIG_DIR
+
+    scene = Scene()
+    explorer = scene.existing("WS-9", EXPLORER, user="CONTOSO\\dana", logon_id="0x5000")
+    lsass = scene.existing("WS-9", LSASS)
+    tool = scene.spawn(explorer, T0, r"C:\Users\Public\tool.exe", r"C:\Users\Public\tool.exe")
+    dump = scene.access(tool, lsass, T0 + timedelta(seconds=5), "0x1010")
+    case = investigate(_runtime(tmp_path, scene), alert_for(dump, "Custom search: LSASS", "WS-9", tool, []))
+    assert case.alert.techniques == []
+    techniques = effective_techniques(case)
+    assert "T1003.001" in techniques
+    requirements = EvidenceRequirements.load(CONFIG_DIR / "evidence.yaml")
+    assert requirements.category(techniques, []) == "credential_access"
+    assert case.verdict == "malicious"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import secrets
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import siemcrew.crew.offline  # noqa: F401  (before crewai)
@@ -73,6 +75,7 @@ SUMMARY_FIELDS = (
 # sample sees what reasoning over the full result would.
 SAMPLE_FIELDS = tuple(dict.fromkeys(SUMMARY_FIELDS + knowledge_fields()))
 MAX_VALUE = 1024
+PARALLEL_SEARCHES = 8  # searches a tool sends at once; the connector's own cap still applies
 ELLIPSIS = "…"
 
 
@@ -147,51 +150,76 @@ def fence(evidence: list[Evidence], note: str = "", rows: int = 8) -> str:
     return "\n".join(lines)
 
 
-def record_search(
-    ctx: InvestigationContext,
-    *,
-    tool: str,
-    kind: str,
-    entity_type: str | None,
-    entity: str | None,
-    run: Callable[[], SearchResult],
-    time_range: TimeRange | None,
-    fallback_query: str = "",
-    rank: Callable[[dict[str, Any]], float] | None = None,
-) -> tuple[Evidence, list[dict[str, Any]]]:
-    """Run one search and record it as Evidence, ok | empty | error; returns the full rows too.
+@dataclass
+class Search:
+    """One search to run and record as Evidence (see `record_searches`)."""
 
-    A failed query is recorded with status error (never as empty), so the verifier can tell
-    'nothing found' from 'could not look'.
-    """
-    sample_size = ctx.runtime.settings.investigation.sample_rows
+    tool: str
+    kind: str
+    entity_type: str | None
+    entity: str | None
+    run: Callable[[], SearchResult]
+    time_range: TimeRange | None
+    fallback_query: str = ""
+    rank: Callable[[dict[str, Any]], float] | None = None
+
+
+def _answer(run: Callable[[], SearchResult]) -> SearchResult | ConnectorError:
     try:
-        result = run()
+        return run()
     except ConnectorError as exc:
+        return exc
+
+
+def record_searches(ctx: InvestigationContext, searches: list[Search]) -> list[tuple[Evidence, list[dict[str, Any]]]]:
+    """Run independent searches at once and record each as Evidence, ok | empty | error, in the order
+    given (so a case's evidence never depends on which answer came first); returns the full rows too.
+
+    A remote SIEM answers in about a second: searches that do not depend on each other go out together,
+    and the connector caps how many reach the SIEM at once. A failed query is recorded with status
+    error (never as empty), so the verifier can tell 'nothing found' from 'could not look'.
+    """
+    if len(searches) == 1:
+        answers = [_answer(searches[0].run)]
+    else:
+        with ThreadPoolExecutor(max_workers=min(PARALLEL_SEARCHES, len(searches) or 1)) as pool:
+            answers = list(pool.map(lambda s: _answer(s.run), searches))
+    return [_record(ctx, search, answer) for search, answer in zip(searches, answers)]
+
+
+def _record(ctx: InvestigationContext, search: Search, answer: SearchResult | ConnectorError
+            ) -> tuple[Evidence, list[dict[str, Any]]]:
+    sample_size = ctx.runtime.settings.investigation.sample_rows
+    if isinstance(answer, ConnectorError):
         item = Evidence(
-            kind=kind, entity_type=entity_type, entity=entity, connector=ctx.runtime.siem.name,
-            language=ctx.runtime.siem.language, query=fallback_query, time_range=time_range,
-            status="error", error=str(exc)[:500], tool=tool,
+            kind=search.kind, entity_type=search.entity_type, entity=search.entity, connector=ctx.runtime.siem.name,
+            language=ctx.runtime.siem.language, query=search.fallback_query, time_range=search.time_range,
+            status="error", error=str(answer)[:500], tool=search.tool,
         )
         ctx.add_evidence(item)
-        ctx.audit("query", {"tool": tool, "evidence": item.id, "status": "error", "error": item.error})
+        ctx.audit("query", {"tool": search.tool, "evidence": item.id, "status": "error", "error": item.error})
         return item, []
-    rows = list(result.events)
-    ordered = diverse(rows, rank, sample_size) if rank else rows
+    rows = list(answer.events)
+    ordered = diverse(rows, search.rank, sample_size) if search.rank else rows
     item = Evidence(
-        kind=kind, entity_type=entity_type, entity=entity, connector=result.connector,
-        language=result.language, query=result.query, time_range=time_range,
-        count=result.total, sample=[compact(e) for e in ordered[:sample_size]],
-        truncated=result.truncated or result.total > sample_size,
-        status="ok" if result.total > 0 else "empty", tool=tool,
+        kind=search.kind, entity_type=search.entity_type, entity=search.entity, connector=answer.connector,
+        language=answer.language, query=answer.query, time_range=search.time_range,
+        count=answer.total, sample=[compact(e) for e in ordered[:sample_size]],
+        truncated=answer.truncated or answer.total > sample_size,
+        status="ok" if answer.total > 0 else "empty", tool=search.tool,
     )
     ctx.add_evidence(item)
     ctx.audit(
         "query",
-        {"tool": tool, "evidence": item.id, "language": item.language, "query": item.query[:2000],
+        {"tool": search.tool, "evidence": item.id, "language": item.language, "query": item.query[:2000],
          "count": item.count, "status": item.status, "result_digest": sha256_of(item.sample)},
     )
     return item, rows
+
+
+def record_search(ctx: InvestigationContext, **search: Any) -> tuple[Evidence, list[dict[str, Any]]]:
+    """Run one search and record it (see `record_searches`)."""
+    return record_searches(ctx, [Search(**search)])[0]
 
 
 def record_lookup(

@@ -16,7 +16,9 @@ from siemcrew.connectors.base import EventQuery, Filter
 from siemcrew.crew.indicators import IndicatorSet, account, is_external_ip, is_internal_ip, short_host
 from siemcrew.crew.models import Evidence, TimeRange
 from siemcrew.crew.timeutil import parse_time
-from siemcrew.tools.base import ELLIPSIS, EvidenceTool, rank_by_malice, record_lookup, record_search, scoped
+from siemcrew.tools.base import (
+    ELLIPSIS, EvidenceTool, Search, rank_by_malice, record_lookup, record_search, record_searches, scoped,
+)
 from siemcrew.tools.chain import AlertChainTool
 
 PROCESS_START = ["1", "4688"]
@@ -228,53 +230,48 @@ class LogonActivityTool(EvidenceTool):
 
     args_schema: type[BaseModel] = Args
 
-    def _logons(self, entity_type: str, entity: str, filters: list[Filter], window: TimeRange) -> tuple[Evidence, list[dict]]:
+    def _logons(self, entity_type: str, entity: str, filters: list[Filter], window: TimeRange) -> Search:
         ctx = self.ctx
         query = scoped(ctx, EventQuery(filters=filters + [Filter(field="event.code", op="in", value=LOGON_CODES)],
                                        time_range=window, limit=2000))
-        return record_search(ctx, tool=self.name, kind="logon_activity", entity_type=entity_type, entity=entity,
-                             run=lambda: ctx.runtime.siem.search(query), time_range=window, rank=rank_logon)
+        return Search(tool=self.name, kind="logon_activity", entity_type=entity_type, entity=entity,
+                      run=lambda: ctx.runtime.siem.search(query), time_range=window, rank=rank_logon)
 
-    def addresses(self, host: str, window: TimeRange) -> tuple[Evidence, list[str]]:
+    def _owners(self, entity_type: str, entity: str, filters: list[Filter], group: str, window: TimeRange,
+                limit: int) -> Search:
+        """Who owns an address, or which addresses a host uses: outbound connections grouped."""
         ctx = self.ctx
-        query = scoped(ctx, EventQuery(filters=[host_filter(host), Filter(field="network.direction", value="outbound")],
-                                       time_range=window, group_by=["source.ip"], limit=20))
-        item, rows = record_search(ctx, tool=self.name, kind="host_addresses", entity_type="host", entity=short_host(host),
-                                   run=lambda: ctx.runtime.siem.search(query), time_range=window)
-        return item, [str(r["source.ip"]) for r in rows if is_internal_ip(r.get("source.ip"))]
+        query = scoped(ctx, EventQuery(filters=filters + [Filter(field="network.direction", value="outbound")],
+                                       time_range=window, group_by=[group], limit=limit))
+        return Search(tool=self.name, kind="host_addresses", entity_type=entity_type, entity=entity,
+                      run=lambda: ctx.runtime.siem.search(query), time_range=window)
 
     def investigate(self, host: str | None = None, user: str | None = None, ip: str | None = None) -> tuple[list[Evidence], str]:
         ctx = self.ctx
         window = ctx.window()
-        items: list[Evidence] = []
+        first: list[Search] = []
         if host:
-            item, _ = self._logons("host", short_host(host), [host_filter(host)], window)
-            items.append(item)
-            addr_item, addrs = self.addresses(host, window)
-            items.append(addr_item)
-            for addr in addrs[:3]:
-                item, _ = self._logons("ip", addr, [Filter(field="source.ip", value=addr),
-                                                    Filter(field="host.hostname", value=short_host(host), negate=True)], window)
-                items.append(item)
+            first.append(self._logons("host", short_host(host), [host_filter(host)], window))
+            first.append(self._owners("host", short_host(host), [host_filter(host)], "source.ip", window, 20))
         if user:
-            item, _ = self._logons("user", user, user_filters(user), window)
-            items.append(item)
+            first.append(self._logons("user", user, user_filters(user), window))
         if ip:
-            item, _ = self._logons("ip", ip, [Filter(field="source.ip", value=ip)], window)
-            items.append(item)
-            # Who owns the address: hosts whose own outbound connections come from it.
-            query = scoped(ctx, EventQuery(filters=[Filter(field="source.ip", value=ip),
-                                                    Filter(field="network.direction", value="outbound")],
-                                           time_range=window, group_by=["host.hostname"], limit=10))
-            resolved, _ = record_search(ctx, tool=self.name, kind="host_addresses", entity_type="ip", entity=ip,
-                                        run=lambda: ctx.runtime.siem.search(query), time_range=window)
-            items.append(resolved)
+            first.append(self._logons("ip", ip, [Filter(field="source.ip", value=ip)], window))
+            first.append(self._owners("ip", ip, [Filter(field="source.ip", value=ip)], "host.hostname", window, 10))
+        results = record_searches(ctx, first)
+        items = [item for item, _ in results]
+        if host:  # logons from the host's own addresses onto other hosts (lateral movement)
+            addrs = [str(r["source.ip"]) for r in results[1][1] if is_internal_ip(r.get("source.ip"))][:3]
+            items += [item for item, _ in record_searches(ctx, [
+                self._logons("ip", addr, [Filter(field="source.ip", value=addr),
+                                          Filter(field="host.hostname", value=short_host(host), negate=True)], window)
+                for addr in addrs])]
         return items, ""
 
 
 class NetworkConnectionsTool(EvidenceTool):
     name: str = "network_connections"
-    description: str = "Network connections of a host around the alert time, external destinations first, with their prevalence."
+    description: str = "Network connections of a host around the alert time, external destinations first."
     args_schema: type[BaseModel] = HostArgs
 
     def investigate(self, host: str, before_minutes: int | None = None, after_minutes: int | None = None) -> tuple[list[Evidence], str]:
@@ -287,11 +284,8 @@ class NetworkConnectionsTool(EvidenceTool):
             run=lambda: ctx.runtime.siem.search(query), time_range=window,
             rank=lambda e: (2 if is_external_ip(e.get("destination.ip")) else 0) + rank_by_malice(e),
         )
-        items = [item]
         external = sorted({str(r["destination.ip"]) for r in rows if is_external_ip(r.get("destination.ip"))})
-        for addr in external[:3]:
-            items.extend(PrevalenceTool(ctx=ctx).investigate(field="destination.ip", value=addr)[0])
-        return items, f"external destinations: {', '.join(external) or 'none'}"
+        return [item], f"external destinations: {', '.join(external) or 'none'}"
 
 
 class PersistenceCheckTool(EvidenceTool):
@@ -342,23 +336,16 @@ class PrevalenceTool(EvidenceTool):
             else [Filter(field=field, value=value)]
         moment = ctx.alert.first_seen or ctx.alert.timestamp
         before = TimeRange(start=moment - timedelta(days=30), end=moment - timedelta(hours=1))
-        items: list[Evidence] = []
-        counts: list[int] = []
-        for window in (before, ctx.window()):
-            query = scoped(ctx, EventQuery(filters=list(flt), time_range=window, group_by=["host.hostname"], limit=500))
-            item, hosts = record_search(
-                ctx, tool=self.name, kind="prevalence", entity_type=entity_type, entity=value,
-                run=lambda query=query: ctx.runtime.siem.search(query), time_range=window,
-            )
-            items.append(item)
-            counts.append(len(hosts))
-        first = scoped(ctx, EventQuery(filters=list(flt), order="asc", limit=1))
-        item, rows = record_search(
-            ctx, tool=self.name, kind="prevalence", entity_type=entity_type, entity=value,
-            run=lambda: ctx.runtime.siem.search(first), time_range=None,
-        )
-        items.append(item)
-        seen = str(rows[0].get("@timestamp")) if rows else "never"
+        queries = [scoped(ctx, EventQuery(filters=list(flt), time_range=w, group_by=["host.hostname"], limit=500))
+                   for w in (before, ctx.window())]
+        queries.append(scoped(ctx, EventQuery(filters=list(flt), order="asc", limit=1)))
+        results = record_searches(ctx, [
+            Search(tool=self.name, kind="prevalence", entity_type=entity_type, entity=value,
+                   run=lambda q=q: ctx.runtime.siem.search(q), time_range=q.time_range) for q in queries])
+        items = [item for item, _ in results]
+        counts = [len(rows) for _, rows in results[:2]]
+        first_rows = results[2][1]
+        seen = str(first_rows[0].get("@timestamp")) if first_rows else "never"
         return items, f"seen on {counts[0]} host(s) before the alert and {counts[1]} around it; first seen {seen}"
 
 
@@ -393,15 +380,12 @@ class SigmaHuntTool(EvidenceTool):
         ctx = self.ctx
         rules = ctx.runtime.rules_for(techniques)[:6]
         window = ctx.window()
-        items: list[Evidence] = []
-        for rule in rules:
-            item, _ = record_search(
-                ctx, tool=self.name, kind="sigma", entity_type="host" if host else None,
-                entity=short_host(host) if host else None,
-                run=lambda rule=rule: ctx.runtime.run_sigma(rule, window, ctx.scope, host),
-                time_range=window, fallback_query=f"sigma:{rule.title}",
-            )
-            items.append(item)
+        results = record_searches(ctx, [
+            Search(tool=self.name, kind="sigma", entity_type="host" if host else None,
+                   entity=short_host(host) if host else None,
+                   run=lambda rule=rule: ctx.runtime.run_sigma(rule, window, ctx.scope, host),
+                   time_range=window, fallback_query=f"sigma:{rule.title}") for rule in rules])
+        items = [item for item, _ in results]
         return items, f"{len(rules)} rule(s) for {', '.join(techniques)}"
 
 

@@ -13,7 +13,7 @@ from siemcrew.crew.indicators import IndicatorSet, short_host
 from siemcrew.crew.models import (
     ActionProposal, HuntResult, ImpactAssessment, ResponsePlan, TriageResult, VerificationReport,
 )
-from siemcrew.crew.reasoning import Reasoner
+from siemcrew.crew.reasoning import Reasoner, effective_techniques
 from siemcrew.crew.timeutil import iso, parse_time
 
 Call = tuple[str, dict[str, Any]]
@@ -99,8 +99,9 @@ def hunt_plan(ctx: InvestigationContext) -> list[Call]:
                 calls.append((tool, {"host": host}))
     if host and ctx.runtime.edr and not _done(ctx, "endpoint_context", host):
         calls.append(("endpoint_context", {"host": host}))
-    if alert.techniques and ctx.runtime.has_sigma and not _done(ctx, "sigma", None):
-        calls.append(("sigma_hunt", {"techniques": alert.techniques, "host": host}))
+    techniques = effective_techniques(ctx.case)
+    if techniques and ctx.runtime.has_sigma and not _done(ctx, "sigma", None):
+        calls.append(("sigma_hunt", {"techniques": techniques, "host": host}))
     calls += entity_pivots(ctx)
     for hint in ctx.gaps:
         calls += _gap_calls(ctx, hint)
@@ -144,8 +145,8 @@ def _kind_calls(ctx: InvestigationContext, kind: str, entity: str | None) -> lis
         if own and (own.get("command_line") or own.get("executable")):
             field = "command_line" if own.get("command_line") else "executable"
             return [("prevalence", {"field": f"process.{field}", "value": own[field]})]
-    if kind == "sigma" and ctx.alert.techniques:
-        return [("sigma_hunt", {"techniques": ctx.alert.techniques, "host": host})]
+    if kind == "sigma" and effective_techniques(ctx.case):
+        return [("sigma_hunt", {"techniques": effective_techniques(ctx.case), "host": host})]
     return []
 
 
@@ -170,6 +171,9 @@ def impact_plan(ctx: InvestigationContext) -> list[Call]:
     for user in assessment.affected_users:
         if not _done(ctx, "asset_context", user):
             calls.append(("asset_context", {"user": user}))
+    for ip in assessment.external_destinations[:3]:  # how rare the chain's destinations are: block candidates
+        if not _done(ctx, "prevalence", ip):
+            calls.append(("prevalence", {"field": "destination.ip", "value": ip}))
     return calls
 
 
