@@ -24,16 +24,28 @@ class SplunkRetry(Section):
 
 
 class SplunkSearch(Section):
-    """How searches run: polled jobs (default) or export streaming, and their limits."""
+    """How searches run: polled jobs (default) or export streaming, and their limits.
+
+    `scope` starts every event search; `exclude` terms are added as `NOT ...` (alerts and summaries
+    are not activity), and siemcrew's own output (the HEC index, the case sourcetype) always is.
+    `profile` names the data profile (how the data names what the tools read): a packaged one
+    (`splunk_ta_windows`, `splunk_cim`) or the path of a YAML file in the same form.
+    """
 
     mode: Literal["job", "export"] = "job"
     scope: str = "index=*"
+    exclude: list[str] = Field(default_factory=lambda: ["index=notable", "index=risk", "index=summary*"])
+    profile: str = "splunk_ta_windows"
     max_concurrent: int = Field(3, ge=1, le=50)
     poll_interval_s: float = Field(0.5, gt=0)
     job_timeout_s: float = Field(300.0, gt=0)
     page_size: int = Field(5000, ge=1, le=50_000)
     macros: list[str] = Field(default_factory=lambda: ["notable"])
-    sigma_pipeline: Literal["splunk_windows", "splunk_cim", "none"] = "splunk_windows"
+    # profile: the data profile's own Sigma settings; splunk_windows / splunk_cim: pySigma's pipelines
+    sigma_pipeline: Literal["profile", "splunk_windows", "splunk_cim", "none"] = "profile"
+    # native SPL (written by an agent or an analyst) runs as in Splunk Web: smart mode returns the
+    # fields of event searches; fast mode would return only the fields the search names
+    native_search_level: Literal["fast", "smart", "verbose"] = "smart"
 
 
 class SplunkAlerts(Section):

@@ -1,18 +1,21 @@
 """Splunk rows (ES notables, saved-search results, alert-action rows) as normalized `Alert`s.
 
 One mapping for every way a Splunk alert reaches siemcrew, so a notable fetched by `siemcrew run`
-and the same row handed off by the alert action name the same entities.
+and the same row handed off by the alert action name the same entities. The row's event part reads
+as ECS through the data profile; when it is a Windows event (an ES notable copies its triggering
+event's fields), its entities and process come from that event first, the CIM fields filling gaps.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from siemcrew.connectors.documents import is_ip
-
-from siemcrew.connectors.splunk.mapping import default_mapping, splunk_time
+from siemcrew.connectors.local.alerts import entities_from_events, process_ref_from_event
+from siemcrew.connectors.splunk.mapping import splunk_time
+from siemcrew.connectors.splunk.profile import load_profile
 from siemcrew.crew.models import Alert, Entities, ProcessRef
 from siemcrew.crew.timeutil import utcnow
 
@@ -48,13 +51,15 @@ def _merge(*groups: Iterable[str]) -> list[str]:
 
 
 def entities_from_row(row: dict[str, Any]) -> Entities:
-    """CIM fields -> entities; `host` counts only when no dest names the host (on notables it is the search head)."""
+    """CIM fields -> entities; `host` counts only when no dest names a host (on notables it is the
+    search head; on a network event dest is the remote address)."""
     addresses = values(row, "src", "src_ip", "dest_ip")
-    host_names = values(row, "dest", "dest_host", "dest_nt_host") or values(row, "host")
+    destinations = values(row, "dest", "dest_host", "dest_nt_host")
+    host_names = [h for h in destinations if not is_ip(h)] or values(row, "host")
     return Entities(
         hosts=_merge([h for h in host_names if not is_ip(h)], [a for a in addresses if not is_ip(a)]),
         users=values(row, "user", "src_user"),
-        ips=_merge([a for a in addresses if is_ip(a)], [h for h in host_names if is_ip(h)]),
+        ips=_merge([a for a in addresses if is_ip(a)], [h for h in destinations + host_names if is_ip(h)]),
         processes=values(row, "process_path") or values(row, "process"),
         hashes=values(row, "file_hash", "process_hash"),
         files=values(row, "file_path"),
@@ -97,16 +102,41 @@ def techniques_from_row(row: dict[str, Any]) -> list[str]:
     return found
 
 
+def is_windows_event(event: dict[str, Any]) -> bool:
+    return bool(event.get("winlog.channel")) and event.get("event.code") not in (None, "")
+
+
+def merged_entities(cim: Entities, event: dict[str, Any]) -> Entities:
+    """The event's own entities first (a Windows event read as ECS), then the row's CIM ones."""
+    if not is_windows_event(event):
+        return cim
+    own = entities_from_events([event])
+    return Entities(**{name: _merge(getattr(own, name), getattr(cim, name)) for name in Entities.model_fields})
+
+
+def merged_process(cim: ProcessRef | None, event: dict[str, Any]) -> ProcessRef | None:
+    if not is_windows_event(event):
+        return cim
+    own = process_ref_from_event(event).model_dump(exclude_none=True)
+    filled = {**(cim.model_dump(exclude_none=True) if cim else {}), **own}
+    return ProcessRef(**filled) if filled else None
+
+
 def alert_from_row(
     row: dict[str, Any],
     *,
     alert_id: str,
     rule_name: str | None = None,
     link: str | None = None,
+    to_ecs: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> Alert:
-    """The shared mapping; a given `rule_name` wins over the rule the row names."""
+    """The shared mapping; a given `rule_name` wins over the rule the row names. `to_ecs` reads the
+    row's event part (the connector's data profile; the default profile otherwise)."""
     severity = first(row, "urgency", "severity") or "medium"
     security_domain = first(row, "security_domain")
+    read = to_ecs or load_profile().to_ecs
+    # an ES notable's _time is when the correlation search ran; orig_time is the event's
+    event = read({**row, "_time": row.get("orig_time") or row.get("_time")})
     return Alert(
         id=alert_id,
         source="splunk",
@@ -119,18 +149,18 @@ def alert_from_row(
         first_seen=splunk_time(row.get("orig_time")),  # an ES notable's triggering event; _time is the search's
         techniques=techniques_from_row(row),
         tags=[f"security_domain:{security_domain}"] if security_domain else [],
-        entities=entities_from_row(row),
-        process=process_from_row(row),
-        event=default_mapping().to_ecs(row),
+        entities=merged_entities(entities_from_row(row), event),
+        process=merged_process(process_from_row(row), event),
+        event=event,
         drilldown=first(row, "drilldown_search"),
         link=link,
         raw=dict(row),
     )
 
 
-def alert_from_notable(row: dict[str, Any]) -> Alert:
+def alert_from_notable(row: dict[str, Any], to_ecs: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Alert:
     """An ES notable (from the `notable` macro): the alert id is the notable's `event_id`."""
     event_id = first(row, "event_id")
     if not event_id:
         raise ValueError("notable row has no event_id")
-    return alert_from_row(row, alert_id=event_id)
+    return alert_from_row(row, alert_id=event_id, to_ecs=to_ecs)

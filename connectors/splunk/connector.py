@@ -1,8 +1,11 @@
 """`SplunkConnector`: the `SiemConnector` protocol on splunkd through splunk-sdk.
 
 Searches (EventQuery through `SplDialect`, native SPL, Sigma through pySigma's Splunk backend) all
-pass the read-only guard and return flat ECS rows. Alerts come from ES notables or a saved
-search with an opaque checkpoint; verdicts go back through `notable_update`, cases to HEC.
+pass the read-only guard and return flat ECS rows, read through the configured data profile
+(`profile.py`: by default the Splunk Add-ons for Windows and Sysmon). Event searches ask for the
+fields the tools read (REST jobs run in fast mode) and never search alerts or siemcrew's own output
+(`scope.py`). Alerts come from ES notables or a saved search with an opaque checkpoint; verdicts go
+back through `notable_update`, cases to HEC.
 """
 
 from __future__ import annotations
@@ -15,10 +18,6 @@ import threading
 from datetime import datetime
 from typing import Any
 
-from sigma.backends.splunk import SplunkBackend
-from sigma.collection import SigmaCollection
-from sigma.exceptions import SigmaError
-from sigma.pipelines.splunk import splunk_cim_data_model, splunk_windows_pipeline
 from splunklib import client
 
 from siemcrew.config.settings import SettingsError
@@ -36,8 +35,11 @@ from siemcrew.connectors.splunk.checkpoint import AlertCheckpoint, Stamped
 from siemcrew.connectors.splunk.dialect import SplDialect
 from siemcrew.connectors.splunk.guard import READ_ONLY_COMMANDS, SplGuard
 from siemcrew.connectors.splunk.hec import HecClient, hec_record
-from siemcrew.connectors.splunk.mapping import default_mapping
+from siemcrew.connectors.splunk.grouping import merge_groups
+from siemcrew.connectors.splunk.profile import SplunkProfile, load_profile
+from siemcrew.connectors.splunk.scope import event_scope
 from siemcrew.connectors.splunk.search import SearchRunner
+from siemcrew.connectors.splunk.sigma import SigmaSearch, SplunkSigma
 from siemcrew.connectors.splunk.session import call_read, call_write, call_write_verified, open_service
 from siemcrew.crew.models import Alert, Case, TimeRange, canonical_json
 
@@ -48,6 +50,7 @@ CIM_SIGMA_MACROS = frozenset({"drop_dm_object_name"})  # what pySigma's data-mod
 MAX_COMMENT = 4000
 SAVED_SEARCH_MAX_ROWS = 50_000
 HEALTH_SPL = "| makeresults count=1"
+COVERAGE_SAMPLE = 10_000  # events of a rule's log source sampled to tell which fields the data has
 _NAMES_INDEX = re.compile(r"(?<![\w.])index\s*(=|!=|\s+IN\b)", re.IGNORECASE)
 
 
@@ -57,9 +60,14 @@ class SplunkConnector:
 
     def __init__(self, settings: SplunkSettings) -> None:
         self.settings = settings
-        self.mapping = default_mapping()
+        try:
+            self.profile: SplunkProfile = load_profile(settings.search.profile)
+            self.sigma = SplunkSigma(self.profile.sigma, settings.search.sigma_pipeline)
+        except SettingsError as exc:
+            raise ConnectorError(str(exc)) from None
+        self.scope = event_scope(settings)
         macros = frozenset(settings.search.macros)
-        if settings.search.sigma_pipeline == "splunk_cim":
+        if self.sigma.data_model:
             macros |= CIM_SIGMA_MACROS
         self.guard = SplGuard(allowed_macros=macros, allowed_commands=READ_ONLY_COMMANDS)
         self.runner = SearchRunner(settings, self.service)
@@ -82,24 +90,33 @@ class SplunkConnector:
 
     # -- searching -------------------------------------------------------------------------
     def search(self, query: EventQuery) -> SearchResult:
-        scope = self.settings.search.scope
+        scope = self.scope
         if query.scope:
             scope = query.scope if "=" in query.scope else f'index="{query.scope}"'
-        dialect = SplDialect(self.mapping.to_splunk, scope=scope)
+        dialect = SplDialect(self.profile, scope=scope)
+        if query.group_by:
+            return self._grouped(dialect.translate(query), query)
         spl = dialect.translate(query.model_copy(update={"limit": query.limit + 1}))
         # an ungrouped EventQuery is `search ... | sort | head`: the job's eventCount is what matched
-        return self._run(spl, query.time_range, query.limit, count_matched=not query.group_by)
+        return self._run(spl, query.time_range, query.limit, count_matched=True)
+
+    def _grouped(self, spl: str, query: EventQuery) -> SearchResult:
+        """Groups of the Splunk fields feeding the group-by fields, read as ECS and merged: one row
+        per distinct ECS combination with its count, largest first, as the local store returns."""
+        self.guard.check(spl)
+        earliest, latest = _window(query.time_range)
+        rows = self.runner.rows(spl, earliest=earliest, latest=latest, max_rows=SAVED_SEARCH_MAX_ROWS)
+        groups = merge_groups(rows, query.group_by, self.profile.to_ecs)
+        return SearchResult(connector=self.name, language=self.language, query=spl, total=len(groups),
+                            events=groups[: query.limit], truncated=len(groups) > query.limit)
 
     def run_native(self, query: str, time_range: TimeRange | None = None, limit: int = 200) -> SearchResult:
-        return self._run(self._searchable(query), time_range, limit)
+        level = self.settings.search.native_search_level
+        return self._run(self._searchable(query), time_range, limit, params={"adhoc_search_level": level})
 
     def run_sigma(self, rule_yaml: str, time_range: TimeRange | None = None, limit: int = 200) -> SearchResult:
-        output = "data_model" if self.settings.search.sigma_pipeline == "splunk_cim" else "default"
-        try:
-            queries = SplunkBackend(self._sigma_pipeline()).convert(SigmaCollection.from_yaml(rule_yaml), output_format=output)
-        except (SigmaError, ValueError) as exc:
-            raise ConnectorError(f"splunk: the Sigma rule cannot be converted to SPL: {exc}") from None
-        spls = [self._searchable(str(q)) for q in queries]
+        searches = self.sigma.convert(rule_yaml)
+        spls = [self._sigma_spl(item) for item in searches]
         for spl in spls:
             self.guard.check(spl)
         events: list[dict[str, Any]] = []
@@ -110,37 +127,66 @@ class SplunkConnector:
             total += part.total
             truncated = truncated or part.truncated
             events.extend(part.events[: max(limit - len(events), 0)])
+        if total == 0:
+            self._check_answerable(searches, time_range)
         return SearchResult(
             connector=self.name, language=self.language, query="\n".join(spls), total=total, events=events,
             truncated=truncated or total > len(events),
         )
 
-    def _sigma_pipeline(self) -> Any:
-        choice = self.settings.search.sigma_pipeline
-        if choice == "splunk_windows":
-            return splunk_windows_pipeline()
-        if choice == "splunk_cim":
-            return splunk_cim_data_model()
-        return None
+    def _sigma_spl(self, item: SigmaSearch) -> str:
+        spl = self._searchable(item.spl)
+        if spl.startswith("|"):
+            return spl
+        return f"{spl} | fields {', '.join(self.profile.requested(item.fields))}"
+
+    def _check_answerable(self, searches: list[SigmaSearch], time_range: TimeRange | None) -> None:
+        """No hits: fine if some search's log source has events carrying every field its detection
+        needs; otherwise 0 says nothing about the activity, and that is an error, not an empty result."""
+        reasons: list[str] = []
+        for item in searches:
+            if not item.fields or item.answerable(set()):
+                return  # nothing known to check: the 0 stands
+            source = " ".join(
+                f"{name}={_spl_value(values[0])}" if len(values) == 1
+                else f"{name} IN ({', '.join(_spl_value(v) for v in values)})"
+                for name, values in item.logsource
+            )
+            counts = ", ".join(f'count({name}) AS "{name}"' for name in item.fields)
+            spl = self._searchable(f"{source} | head {COVERAGE_SAMPLE} | stats {counts}, count AS events")
+            self.guard.check(spl)
+            earliest, latest = _window(time_range)
+            rows = self.runner.rows(spl, earliest=earliest, latest=latest, max_rows=1)
+            found = rows[0] if rows else {}
+            if int(first(found, "events") or 0) == 0:
+                reasons.append(f"{item.variant}: no events of {source or 'its log source'} in the time range")
+                continue
+            present = {name for name in item.fields if int(first(found, name) or 0) > 0}
+            if item.answerable(present):
+                return
+            missing = [name for name in item.fields if name not in present]
+            reasons.append(f"{item.variant}: field(s) {', '.join(missing)} absent from {source or 'the events'}")
+        raise ConnectorError("splunk: the Sigma rule found nothing, but the data cannot show what it looks for ("
+                             + "; ".join(reasons) + "); 0 hits is not evidence of absence")
 
     def _searchable(self, spl: str) -> str:
         """SPL as splunkd wants it: generating searches keep their pipe, others start with `search`,
-        and the configured scope is added when the search names no index of its own."""
+        and the event scope is added when the search names no index of its own."""
         text = spl.strip()
         if text.startswith("|"):
             return text
         body = text[len("search "):].lstrip() if text.lower().startswith("search ") else text
-        scope = self.settings.search.scope.strip()
-        if scope and not _NAMES_INDEX.search(body.split("|", 1)[0]):
-            body = f"{scope} {body}"
+        if self.scope and not _NAMES_INDEX.search(body.split("|", 1)[0]):
+            body = f"{self.scope} {body}"
         return f"search {body}"
 
-    def _run(self, spl: str, time_range: TimeRange | None, limit: int, count_matched: bool = False) -> SearchResult:
+    def _run(self, spl: str, time_range: TimeRange | None, limit: int, count_matched: bool = False,
+             params: dict[str, str] | None = None) -> SearchResult:
         """Run and map to ECS; `count_matched` reports the events the search matched (not just the
         rows fetched) when the result is cut at `limit` and splunkd counted them."""
         self.guard.check(spl)
-        earliest, latest = (_epoch(time_range.start), _epoch(time_range.end)) if time_range else (None, None)
-        found = self.runner.search(spl, earliest=earliest, latest=latest, max_rows=limit + 1)
+        earliest, latest = _window(time_range)
+        found = self.runner.search(spl, earliest=earliest, latest=latest, max_rows=limit + 1, params=params)
         rows = found.rows
         total = len(rows)
         if count_matched and total > limit and found.matched is not None:
@@ -150,7 +196,7 @@ class SplunkConnector:
             language=self.language,
             query=spl,
             total=total,
-            events=[self.mapping.to_ecs(row) for row in rows[:limit]],
+            events=[self.profile.to_ecs(row) for row in rows[:limit]],
             truncated=len(rows) > limit,
         )
 
@@ -163,11 +209,13 @@ class SplunkConnector:
         wanted = limit + len(state.seen)
         if alerts_cfg.source == "notable":
             rows = self.runner.rows(self.notable_spl(wanted), earliest=earliest, latest="now", max_rows=wanted)
-            candidates = [self._stamped(alert_from_notable(row)) for row in rows if first(row, "event_id")]
+            candidates = [self._stamped(alert_from_notable(row, self.profile.to_ecs)) for row in rows
+                          if first(row, "event_id")]
         else:
             name = alerts_cfg.saved_search or ""
             rows = self.runner.saved_search_rows(name, earliest=earliest, latest="now", max_rows=SAVED_SEARCH_MAX_ROWS)
-            candidates = [self._stamped(alert_from_row(row, alert_id=_row_id(name, row), rule_name=name)) for row in rows]
+            candidates = [self._stamped(alert_from_row(row, alert_id=_row_id(name, row), rule_name=name,
+                                                       to_ecs=self.profile.to_ecs)) for row in rows]
         alerts, after = state.advance(candidates, limit, alerts_cfg.overlap_s)
         return AlertBatch(alerts=alerts, checkpoint=after.encode())
 
@@ -274,6 +322,14 @@ def _check_notable_answer(body: bytes, event_id: str) -> None:
 
 def _spl_quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _spl_value(value: str) -> str:
+    return value if value.isdigit() else f'"{_spl_quote(value)}"'
+
+
+def _window(time_range: TimeRange | None) -> tuple[str | None, str | None]:
+    return (_epoch(time_range.start), _epoch(time_range.end)) if time_range else (None, None)
 
 
 def _epoch(moment: datetime) -> str:

@@ -48,8 +48,10 @@ class SearchRunner:
     def rows(self, spl: str, *, earliest: str | None, latest: str | None, max_rows: int) -> list[Row]:
         return self.search(spl, earliest=earliest, latest=latest, max_rows=max_rows).rows
 
-    def search(self, spl: str, *, earliest: str | None, latest: str | None, max_rows: int) -> SearchRows:
-        params = _time_params(earliest, latest)
+    def search(self, spl: str, *, earliest: str | None, latest: str | None, max_rows: int,
+               params: dict[str, str] | None = None) -> SearchRows:
+        """`params` are extra job parameters (e.g. `adhoc_search_level`), sent to jobs and exports alike."""
+        params = {**_time_params(earliest, latest), **(params or {})}
         with search_slots(self.settings):
             if self.settings.search.mode == "export":
                 return SearchRows(call_read(self.settings, lambda: self._export(spl, params, max_rows), "export"))
