@@ -1,9 +1,9 @@
 """Shared pieces of the end-to-end tests against the Splunk and Elastic emulators.
 
-Demo data goes in the way each SIEM would hold it: raw Windows events are normalized to ECS by the
-product's own normalizer, then written as Splunk events (CIM names from `splunk_cim.yaml`) or as
-Elasticsearch documents (ECS). Alerts are built from the demo's alert files in the shape each SIEM
-hands them out: ES notables, alert-action result rows, Elastic Security alert documents. The
+Demo data goes in the way each SIEM would hold it: raw Windows events become Splunk events as the
+Splunk add-ons for Windows and Sysmon index them (`splunk_ta.py`, written from the vendors'
+definitions), or are normalized to ECS by the product's own normalizer for Elasticsearch documents.
+Alerts are built from the demo's alert files in the shape each SIEM hands them out: ES notables, alert-action result rows, Elastic Security alert documents. The
 `siemcrew serve` process helper starts the real service and waits for it.
 """
 
@@ -47,20 +47,24 @@ def verdict_class(verdict: str) -> str:
     return "attack" if verdict in ("malicious", "suspicious") else verdict
 
 
-def scenario_events(*names: str) -> list[dict[str, Any]]:
-    """Flat ECS events of the named demo alerts' scenario files, through siemcrew's normalizer."""
-    from siemcrew.connectors.local.normalize import Normalizer
-
-    normalizer = Normalizer()
+def scenario_raw_events(*names: str) -> list[dict[str, Any]]:
+    """The raw Windows events (NXLog JSON) of the named demo alerts' scenario files."""
     events: list[dict[str, Any]] = []
     for name in names:
         for relative in EXPECTED[name]["events_files"]:
             for line in (EXAMPLES / relative).read_text(encoding="utf-8").splitlines():
                 if line.strip():
-                    normalized = normalizer.normalize(json.loads(line))
-                    if normalized is not None:
-                        events.append(normalized.doc)
+                    events.append(json.loads(line))
     return events
+
+
+def scenario_events(*names: str) -> list[dict[str, Any]]:
+    """Flat ECS events of the named demo alerts' scenario files, through siemcrew's normalizer."""
+    from siemcrew.connectors.local.normalize import Normalizer
+
+    normalizer = Normalizer()
+    normalized = (normalizer.normalize(raw) for raw in scenario_raw_events(*names))
+    return [item.doc for item in normalized if item is not None]
 
 
 def shifted(timestamp: str, seconds: float) -> str:
@@ -71,21 +75,11 @@ def shifted(timestamp: str, seconds: float) -> str:
 
 
 # -- Splunk shapes --------------------------------------------------------------------------------
-def splunk_event(ecs: dict[str, Any]) -> dict[str, Any]:
-    """An ECS event as Splunk holds it: CIM names where the mapping has one, ECS names otherwise."""
-    from siemcrew.connectors.splunk.mapping import default_mapping
+def splunk_events(*names: str) -> list[dict[str, Any]]:
+    """The named demo scenarios' events as the Splunk add-ons for Windows and Sysmon index them."""
+    from emulators.splunk_ta import ta_event
 
-    fields = default_mapping().fields
-    row: dict[str, Any] = {}
-    for key, value in ecs.items():
-        if value in (None, "", []):
-            continue
-        row[fields[key][0] if key in fields else key] = value
-    row.setdefault("host", ecs.get("host.name"))
-    row["sourcetype"] = "XmlWinEventLog"
-    row["source"] = f"XmlWinEventLog:{ecs.get('winlog.channel', 'Application')}"
-    row["index"] = "wineventlog"
-    return row
+    return [ta_event(raw) for raw in scenario_raw_events(*names)]
 
 
 def notable(name: str, event_id: str, delay_s: float = 45.0) -> dict[str, Any]:
@@ -124,14 +118,22 @@ def notable(name: str, event_id: str, delay_s: float = 45.0) -> dict[str, Any]:
 def action_rows(name: str) -> list[dict[str, Any]]:
     """The result rows of a saved search that fired on a demo alert's event (fields as `table` keeps them)."""
     alert = demo_alert(name)
-    event = splunk_event(alert["event"])
-    keep = ("_time", "dest", "user", "process_path", "process", "process_id", "parent_process_path",
-            "parent_process", "parent_process_id", "EventCode", "tag")
-    row = {key: event[key] for key in keep if key in event}
-    row["_time"] = alert["timestamp"]
-    if "\\" not in str(row.get("user", "")) and alert["entities"].get("users"):
-        row["user"] = alert["entities"]["users"][0]
-    return [row]
+    event = alert["event"]
+    proc = alert.get("process") or {}
+    row = {
+        "_time": alert["timestamp"],
+        "dest": event.get("host.name"),
+        "user": (alert["entities"].get("users") or [None])[0],
+        "process_path": proc.get("executable"),
+        "process": proc.get("command_line"),
+        "process_id": proc.get("pid"),
+        "parent_process_path": proc.get("parent_executable"),
+        "parent_process": proc.get("parent_command_line"),
+        "parent_process_id": proc.get("parent_pid"),
+        "EventCode": event.get("event.code"),
+        "tag": list(event.get("event.category") or []),
+    }
+    return [{key: value for key, value in row.items() if value not in (None, "", [])}]
 
 
 # -- Elastic shapes -------------------------------------------------------------------------------

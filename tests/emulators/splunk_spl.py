@@ -1,15 +1,20 @@
 """A small SPL evaluator for the splunkd emulator: it runs the searches, it does not look them up.
 
 Supported: the search command (field=value with wildcards and backslash escapes, != < > <= >=,
-IN, NOT, OR binding tighter than the implicit AND, parentheses, bare terms, earliest/latest),
-macros, and the commands where (simple comparisons), head, sort, fields, table, stats
-(count/dc/values/min/max/sum ... by), dedup, rename, reverse, makeresults, plus whatever extra
-commands the emulator registers (the `notable` macro's incident-review overlay). Anything else
-is "Unknown search command", as splunkd says.
+IN, NOT, OR binding tighter than the implicit AND, parentheses, bare terms, earliest/latest;
+`index=*` leaves out internal `_` indexes as splunkd does), macros, and the commands where (simple
+comparisons), head, sort, fields, table, stats (count/dc/values/min/max/sum ... by), dedup, rename,
+reverse, fillnull, regex, makeresults, plus whatever extra commands the emulator registers (the
+`notable` macro's incident-review overlay). Anything else is "Unknown search command", as splunkd says.
+
+Search modes, as REST jobs have them: in fast mode (the REST default) events carry only Splunk's
+default fields and the fields the search itself names (in any command, or as `rf` required fields);
+`| fields *` / `| table *`, smart mode on an event search, and verbose mode return every field.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import time
@@ -127,6 +132,7 @@ def tokenize(text: str) -> list[Tok]:
     return toks
 
 
+@functools.lru_cache(maxsize=4096)
 def pattern(raw: str) -> re.Pattern[str]:
     """A Splunk value pattern: unescaped * is a wildcard; \\\\ \\" \\* are literal; case-insensitive."""
     out: list[str] = []
@@ -275,6 +281,10 @@ class _SearchParser:
             return lambda row: True
         if op in ("=", "!="):
             pat = pattern(raw)
+            if op == "=" and name == "index" and raw.startswith("*"):
+                # `index=*` covers the event indexes, not internal ones (_internal, _audit...)
+                return lambda row: any(pat.fullmatch(_as_text(v)) and not _as_text(v).startswith("_")
+                                       for v in field_values(row, name))
             if op == "=":
                 return lambda row: any(pat.fullmatch(_as_text(v)) for v in field_values(row, name))
             return lambda row: bool(field_values(row, name)) and not any(pat.fullmatch(_as_text(v)) for v in field_values(row, name))
@@ -395,17 +405,50 @@ def cmd_sort(rows: list[Row], args: str) -> list[Row]:
     return ordered[:limit]
 
 
+def _keeps(names: list[str]) -> Callable[[str], bool]:
+    exact = {name for name in names if "*" not in name}
+    patterns = [pattern(name) for name in names if "*" in name]
+    return lambda key: key in exact or any(p.fullmatch(key) for p in patterns)
+
+
 def cmd_fields(rows: list[Row], args: str) -> list[Row]:
+    """`fields a, b*` keeps those and the internal `_` fields; `fields - a` removes (even internal ones)."""
     text = args.strip()
     remove = text.startswith("-")
-    names = _names(text.lstrip("+-"))
+    listed = _keeps(_names(text.lstrip("+-")))
     if remove:
-        return [{k: v for k, v in row.items() if k not in names} for row in rows]
-    return [{k: row[k] for k in names if k in row} for row in rows]
+        return [{k: v for k, v in row.items() if not listed(k)} for row in rows]
+    return [{k: v for k, v in row.items() if listed(k) or k.startswith("_")} for row in rows]
+
+
+def cmd_fillnull(rows: list[Row], args: str) -> list[Row]:
+    match = re.match(r'\s*value=(?:"((?:[^"\\]|\\.)*)"|(\S+))', args)
+    value = (match.group(1) if match.group(1) is not None else match.group(2)) if match else "0"
+    names = _names(args[match.end():] if match else args)
+    if not names:
+        names = list(dict.fromkeys(k for row in rows for k in row if not k.startswith("_")))
+    return [{**row, **{n: value for n in names if not field_values(row, n)}} for row in rows]
+
+
+def cmd_regex(rows: list[Row], args: str) -> list[Row]:
+    match = re.fullmatch(r'\s*(?:(\w[\w.]*)\s*(!?=)\s*)?"((?:[^"\\]|\\.)*)"\s*', args)
+    if not match:
+        raise SplError("Error in 'regex' command: expected field=\"regex\".")
+    name, op, expression = match.group(1) or "_raw", match.group(2) or "=", match.group(3).replace('\\"', '"')
+    try:
+        compiled = re.compile(expression)
+    except re.error as exc:
+        raise SplError(f"Error in 'regex' command: {exc}.") from None
+    keep = op == "="
+    return [row for row in rows
+            if any(compiled.search(_as_text(v)) for v in field_values(row, name)) == keep]
 
 
 def cmd_table(rows: list[Row], args: str) -> list[Row]:
     names = _names(args)
+    if any("*" in name for name in names):
+        keep = _keeps(names)
+        return [{k: v for k, v in row.items() if keep(k)} for row in rows]
     return [{k: row[k] for k in names if k in row} for row in rows]
 
 
@@ -441,7 +484,7 @@ def cmd_reverse(rows: list[Row], args: str) -> list[Row]:
     return list(reversed(rows))
 
 
-_AGG = re.compile(r"(count|dc|values|min|max|sum)(?:\(([^)]*)\))?(?:\s+(?:AS|as)\s+(\w+))?")
+_AGG = re.compile(r'\b(count|dc|values|min|max|sum)(?:\(([^)]*)\))?(?:\s+(?:AS|as)\s+(?:"([^"]+)"|(\w+)))?')
 
 
 def cmd_stats(rows: list[Row], args: str) -> list[Row]:
@@ -450,7 +493,7 @@ def cmd_stats(rows: list[Row], args: str) -> list[Row]:
     by_fields = _names(parts[1]) if len(parts) > 1 else []
     aggs = []
     for match in _AGG.finditer(head):
-        func, arg, alias = match.group(1), (match.group(2) or "").strip(), match.group(3)
+        func, arg, alias = match.group(1), (match.group(2) or "").strip(), match.group(3) or match.group(4)
         aggs.append((func, arg, alias or (f"{func}({arg})" if arg else func)))
     if not aggs:
         raise SplError("Error in 'stats' command: The argument must be a stats function.")
@@ -505,6 +548,8 @@ COMMANDS: dict[str, Command] = {
     "dedup": cmd_dedup,
     "reverse": cmd_reverse,
     "stats": cmd_stats,
+    "fillnull": cmd_fillnull,
+    "regex": cmd_regex,
 }
 TRANSFORMING = {"stats"}
 
@@ -544,9 +589,12 @@ class SplEngine:
         return steps
 
     def run(self, spl: str, earliest: str | None = None, latest: str | None = None, now: float | None = None,
-            event_fraction: float = 1.0) -> SplResult:
+            event_fraction: float = 1.0, level: str | None = None, required: tuple[str, ...] = ()) -> SplResult:
+        """`level` is the job's adhoc_search_level (fast when not given, as for REST jobs); `required`
+        the `rf` / required_field_list fields."""
         now = time.time() if now is None else now
         steps = self.pipeline(spl)
+        kept = self.returned_fields(steps, level, required)
         rows: list[Row]
         transforming = False
         event_count = 0
@@ -563,6 +611,8 @@ class SplEngine:
                 if (start is None or event["_time"] >= start) and (end is None or event["_time"] < end) and expr.pred(event)
             ]
             rows.sort(key=lambda row: row["_time"], reverse=True)
+            if kept is not None:
+                rows = [{k: v for k, v in row.items() if kept(k)} for row in rows]
             event_count = len(rows)
             if event_fraction < 1.0:
                 rows = rows[len(rows) - int(len(rows) * event_fraction):]
@@ -573,6 +623,64 @@ class SplEngine:
             rows = handler(rows, args)
             transforming = transforming or name in TRANSFORMING
         return SplResult(rows=rows, transforming=transforming, event_count=event_count)
+
+
+    @staticmethod
+    def returned_fields(steps: list[tuple[str, str]], level: str | None,
+                        required: tuple[str, ...]) -> Callable[[str], bool] | None:
+        """Which event fields the search gets (None: all of them)."""
+        transforming = any(name in TRANSFORMING for name, _ in steps)
+        if level == "verbose" or (level == "smart" and not transforming):
+            return None
+        names = set(DEFAULT_FIELDS) | set(required)
+        for name, args in steps:
+            found = referenced_fields(name, args)
+            if found is None:
+                return None
+            names |= found
+        if "*" in names:
+            return None
+        wild = [pattern(n) for n in names if "*" in n]
+        return lambda key: key in names or any(p.fullmatch(key) for p in wild)
+
+
+DEFAULT_FIELDS = ("_time", "_raw", "host", "source", "sourcetype", "index", "splunk_server", "linecount",
+                  "_cd", "_bkt", "_si", "_serial", "_indextime", "_sourcetype")
+_BY = re.compile(r"\s+(?:by|BY)\s+")
+
+
+def referenced_fields(command: str, args: str) -> set[str] | None:
+    """The fields a command names (None: it reads every field)."""
+    if command in ("search", "where"):
+        toks = tokenize(args)
+        found: set[str] = set()
+        for index, tok in enumerate(toks):
+            nxt = toks[index + 1] if index + 1 < len(toks) else None
+            if tok.kind != "word" or nxt is None:
+                continue
+            if nxt.kind == "op" or (nxt.kind == "word" and nxt.text == "IN"):
+                found.add(tok.text)
+            elif tok.text in ("isnull", "isnotnull") and nxt.kind == "lp" and index + 2 < len(toks):
+                found.add(toks[index + 2].text)
+        return found - {"earliest", "latest"}
+    if command in ("fields", "table"):
+        text = args.strip()
+        return set() if text.startswith("-") else set(_names(text.lstrip("+")))
+    if command == "stats":
+        head, *by = _BY.split(args, maxsplit=1)
+        return {m.group(2).strip() for m in _AGG.finditer(head) if m.group(2)} | set(_names(by[0] if by else ""))
+    if command in ("sort", "dedup"):
+        return {n.lstrip("+-") for n in _names(args) if not n.isdigit() and n not in ("+", "-")}
+    if command == "fillnull":
+        return set(_names(re.sub(r'value=("[^"]*"|\S+)', "", args)))
+    if command == "rename":
+        return {old for old, _ in re.findall(r"(\S+)\s+(?:AS|as)\s+(\S+?)(?:,|\s|$)", args)}
+    if command == "regex":
+        match = re.match(r"\s*(\w[\w.]*)\s*!?=", args)
+        return {match.group(1)} if match else set()
+    if command in COMMANDS or command == "makeresults":
+        return set()
+    return None  # a command the emulator was given (ES's review overlay): it reads every field
 
 
 def _split_pipes(text: str) -> list[str]:

@@ -5,7 +5,10 @@ server/info choosing v1 or v2 job paths by version, job create -> 204 on the fir
 Atom status -> one-line JSON results with the 100-row default and paging, NDJSON export with
 preview sets for transforming searches, saved searches and dispatch, ES `notable_update` with
 the `notable` macro reading the review state back, HEC with its error codes, receivers/simple,
-and XML `<msg>` errors. Searches are evaluated over the loaded events by `splunk_spl`.
+and XML `<msg>` errors. Searches are evaluated over the loaded events by `splunk_spl`, in the
+search mode the job asks for: REST jobs run in fast mode unless `adhoc_search_level` says otherwise,
+so results carry only the default fields and the fields the search names (or `rf` requires).
+Windows events are best loaded as the Splunk add-ons index them (`splunk_ta.py`).
 
 Faults on demand with `fail_next(kind, n, **options)`:
   "expire"      the session keys expire: the next n authenticated requests get 401
@@ -506,7 +509,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _Reply(404, xml_messages(f"Not Found: {endpoint}"))
             segments = ["search"] + segments[2:]
         if segments[:2] == ["search", "jobs"]:
-            return self._jobs(method, segments[2:], one, endpoint)
+            return self._jobs(method, segments[2:], {**one, **_required_fields(params)}, endpoint)
         if segments[:2] == ["saved", "searches"]:
             return self._saved(method, segments[2:], one, ns)
         if endpoint == "notable_update" and method == "POST":
@@ -546,7 +549,8 @@ class _Handler(BaseHTTPRequestHandler):
         sid = app.new_sid()
         job = Job(sid, search, params)
         try:
-            result = app.engine.run(search, params.get("earliest_time"), params.get("latest_time"), now=app.now())
+            result = app.engine.run(search, params.get("earliest_time"), params.get("latest_time"), now=app.now(),
+                                    **_search_mode(params))
         except SplError as exc:
             raise _Reply(400, xml_messages(str(exc), "FATAL")) from None
         job.rows = [render_row(r) for r in result.rows]
@@ -637,9 +641,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Reply(503, xml_messages(QUOTA_MESSAGE, "WARN"))
         search = form.get("search", "")
         try:
-            final = app.engine.run(search, form.get("earliest_time"), form.get("latest_time"), now=app.now())
+            mode = _search_mode(form)
+            final = app.engine.run(search, form.get("earliest_time"), form.get("latest_time"), now=app.now(), **mode)
             preview = (
-                app.engine.run(search, form.get("earliest_time"), form.get("latest_time"), now=app.now(), event_fraction=0.5)
+                app.engine.run(search, form.get("earliest_time"), form.get("latest_time"), now=app.now(),
+                               event_fraction=0.5, **mode)
                 if final.transforming else None
             )
         except SplError as exc:
@@ -828,6 +834,18 @@ def _endpoint(path: str) -> tuple[str, tuple[str, str] | None]:
     return "/".join(segments), ns
 
 
+def _required_fields(params: dict[str, list[str]]) -> dict[str, str]:
+    """`rf` (repeatable) and the older comma-separated `required_field_list`, as one comma-joined value."""
+    names = [n.strip() for v in params.get("rf", []) + params.get("required_field_list", []) for n in v.split(",")]
+    return {"rf": ",".join(n for n in names if n)} if any(names) else {}
+
+
+def _search_mode(form: dict[str, str]) -> dict[str, Any]:
+    """The job's search level (REST jobs default to fast) and required fields, for the SPL engine."""
+    required = tuple(n for n in form.get("rf", "").split(",") if n)
+    return {"level": form.get("adhoc_search_level") or "fast", "required": required}
+
+
 def _auth_kind(header: str | None) -> str | None:
     if not header:
         return None
@@ -840,29 +858,51 @@ T0 = 1714557600.0  # 2024-05-01T10:00:00Z
 NOW = T0 + 3600
 
 
-def sample_events(background: int = 260) -> list[dict[str, Any]]:
-    """CIM-shaped events: a small intrusion on wks-7 among enough noise to need paging."""
+def _windows(when: float, channel: str, event_id: int, host: str, **data: Any) -> dict[str, Any]:
+    """A raw Windows event as NXLog exports it (the OTRF recordings' shape)."""
+    provider = {"Security": "Microsoft-Windows-Security-Auditing"}.get(channel, "Microsoft-Windows-Sysmon")
+    return {"@timestamp": datetime_iso(when), "EventID": event_id, "Channel": channel, "Hostname": host,
+            "SourceName": provider, "EventType": "AUDIT_SUCCESS" if channel == "Security" else "INFO",
+            "Keywords": -9214364837600034816 if channel == "Security" else -9223372036854775808,
+            "ExecutionProcessID": 4 if channel == "Security" else 3284, **data}
+
+
+def datetime_iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def sample_raw_events(background: int = 260) -> list[dict[str, Any]]:
+    """A small intrusion on wks-7 among enough noise to need paging, as raw Windows events."""
+    sysmon = "Microsoft-Windows-Sysmon/Operational"
     events: list[dict[str, Any]] = [
-        {"_time": T0 + 10, "sourcetype": "XmlWinEventLog", "source": "WinEventLog:Microsoft-Windows-Sysmon/Operational",
-         "EventCode": 1, "dest": "wks-7", "user": "THESHIRE\\pgustavo", "tag": ["process", "execution"],
-         "Image": "C:\\Windows\\System32\\whoami.exe", "CommandLine": "whoami /all",
-         "process_path": "C:\\Windows\\System32\\whoami.exe", "process": "whoami /all",
-         "parent_process_path": "C:\\Windows\\System32\\cmd.exe",
-         "ParentImage": "C:\\Windows\\System32\\cmd.exe", "process_id": "4242"},
-        {"_time": T0 + 20, "sourcetype": "XmlWinEventLog", "source": "WinEventLog:Microsoft-Windows-Sysmon/Operational",
-         "EventCode": 1, "dest": "wks-7", "user": "THESHIRE\\pgustavo", "tag": ["process", "execution"],
-         "process_path": "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe",
-         "process": "powershell.exe -nop -w hidden -enc SQBFAFgA", "parent_process_path": "C:\\Windows\\System32\\cmd.exe"},
-        {"_time": T0 + 30, "sourcetype": "WinEventLog", "source": "WinEventLog:Security", "EventCode": 4624,
-         "dest": "dc01", "user": "pgustavo", "src": "10.0.0.5", "tag": ["authentication"], "action": "success"},
-        {"_time": T0 + 40, "sourcetype": "XmlWinEventLog", "EventCode": 3, "dest": "wks-7", "dest_ip": "203.0.113.9",
-         "src": "10.0.0.7", "tag": ["network"], "process_path": "C:\\Users\\Public\\a*b.exe", "_raw": "beacon to 203.0.113.9"},
+        _windows(T0 + 10, sysmon, 1, "wks-7", Image="C:\\Windows\\System32\\whoami.exe", CommandLine="whoami /all",
+                 User="THESHIRE\\pgustavo", ProcessId="4242", ProcessGuid="{7c9e-0000-4242}",
+                 ParentImage="C:\\Windows\\System32\\cmd.exe", ParentProcessId="4100", ParentProcessGuid="{7c9e-0000-4100}",
+                 ParentCommandLine="cmd.exe", LogonId="0x2ba622"),
+        _windows(T0 + 20, sysmon, 1, "wks-7", Image="C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe",
+                 CommandLine="powershell.exe -nop -w hidden -enc SQBFAFgA", User="THESHIRE\\pgustavo", ProcessId="4300",
+                 ProcessGuid="{7c9e-0000-4300}", ParentImage="C:\\Windows\\System32\\cmd.exe", ParentProcessId="4100",
+                 ParentProcessGuid="{7c9e-0000-4100}", LogonId="0x2ba622"),
+        _windows(T0 + 30, "Security", 4624, "dc01", TargetUserName="pgustavo", TargetDomainName="THESHIRE",
+                 TargetLogonId="0x3e1f00", LogonType="3", IpAddress="10.0.0.5", IpPort="50123",
+                 SubjectUserName="-", SubjectLogonId="0x0", ProcessId="0x0", ProcessName="-"),
+        _windows(T0 + 40, sysmon, 3, "wks-7", Image="C:\\Users\\Public\\a*b.exe", ProcessId="5100",
+                 ProcessGuid="{7c9e-0000-5100}", User="THESHIRE\\pgustavo", Protocol="tcp", Initiated="true",
+                 SourceIp="10.0.0.7", SourcePort="51000", DestinationIp="203.0.113.9", DestinationPort="443"),
     ]
     for i in range(background):
-        events.append({"_time": T0 - 600 + i, "sourcetype": "WinEventLog", "source": "WinEventLog:Security",
-                       "EventCode": 4688, "dest": f"srv-{i % 4}", "user": "svc_backup", "tag": ["process"],
-                       "process_path": "C:\\Program Files\\Backup\\agent.exe", "process": f"agent.exe --job {i}"})
+        events.append(_windows(T0 - 600 + i, "Security", 4688, f"srv-{i % 4}", SubjectUserName="svc_backup",
+                               SubjectDomainName="CORP", SubjectLogonId="0x3e7", TargetUserName="-",
+                               NewProcessName="C:\\Program Files\\Backup\\agent.exe", NewProcessId=hex(0x1000 + i),
+                               ProcessId="0x2f0", CommandLine=f"agent.exe --job {i}"))
     return events
+
+
+def sample_events(background: int = 260) -> list[dict[str, Any]]:
+    """`sample_raw_events` as the Splunk add-ons index them (index main)."""
+    from emulators.splunk_ta import ta_event
+
+    return [ta_event(raw, index="main") for raw in sample_raw_events(background)]
 
 
 def sample_notables() -> list[dict[str, Any]]:
