@@ -5,7 +5,8 @@
   `siemcrew serve`; the case is investigated, a retried hand-off is a duplicate, a bad token is
   refused, and an approval over HTTP resumes the case and runs the action once.
 * `siemcrew run` with `source: splunk` in separate processes: ES notables for a demo attack and a
-  benign look-alike are investigated over the demo events held as Splunk (CIM) events, verdicts go
+  benign look-alike are investigated over the demo events held as the Splunk add-ons for Windows and
+  Sysmon index them (XML field names and CIM aliases, fast-mode searches), verdicts go
   back through `notable_update` and the cases to HEC; the checkpoint holds across runs.
 * The same run with faults injected mid-way (search quota, session expiry, slow jobs, a dropped
   results page, a busy `notable_update` and HEC) finishes with every notable handled exactly once.
@@ -37,7 +38,7 @@ from emulators.e2e_helpers import (
     notable,
     scenario_events,
     serve,
-    splunk_event,
+    splunk_events,
     verdict_class,
     wait_for_case,
     write_config,
@@ -59,7 +60,7 @@ NOTABLE_IDS = {name: f"{index:08X}-E2E0-4C1A-9D5B-3F2A1C0E9B7{index}@@notable@@{
 
 @pytest.fixture(scope="module")
 def events() -> list[dict[str, Any]]:
-    return [splunk_event(e) for e in scenario_events(ATTACK, BENIGN, LATER)]
+    return splunk_events(ATTACK, BENIGN, LATER)
 
 
 @pytest.fixture
@@ -265,7 +266,8 @@ def test_run_investigates_notables_writes_verdicts_back_and_honours_the_checkpoi
     benign, attack = cases[NOTABLE_IDS[BENIGN]], cases[NOTABLE_IDS[ATTACK]]
     # evidence counts what matched in Splunk, not the rows fetched: first/last-seen lookups fetch one row
     executable = attack["alerts"][0]["process"]["executable"]
-    matched = sum(1 for e in splunkd.events if str(e.get("process_path", "")).lower() == executable.lower())
+    matched = sum(1 for e in scenario_events(ATTACK, BENIGN, LATER)
+                  if str(e.get("process.executable", "")).lower() == executable.lower())
     lookups = [e for e in attack["evidence"] if e["kind"] == "prevalence" and e["entity"] == executable
                and "stats" not in e["query"]]
     assert lookups and all(e["count"] == matched > 1 and e["truncated"] for e in lookups), (matched, lookups)

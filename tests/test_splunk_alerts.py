@@ -28,7 +28,7 @@ def _secrets(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def splunkd() -> Iterator[SplunkdEmulator]:
-    saved = [SavedSearch(SAVED, "index=main dest=wks-7 | table _time dest user process_path src dest_ip")]
+    saved = [SavedSearch(SAVED, "index=main host=wks-7 | table _time host dest user process_path src dest_ip")]
     with SplunkdEmulator(sample_events(), sample_notables(), saved_searches=saved, now=NOW) as emulator:
         yield emulator
 

@@ -57,11 +57,14 @@ def test_https_with_private_ca_and_bearer_token_returns_flat_ecs_events(tmp_path
         result = connector.search(EventQuery(filters=[Filter(field="process.command_line", op="contains", value="WHOAMI")], time_range=whole_day()))
     assert result.total == 1 and not result.truncated
     event = result.events[0]
-    assert event["host.name"] == "wks-7"
+    assert (event["host.name"], event["host.hostname"]) == ("wks-7", "WKS-7")
     assert event["process.executable"] == "C:\\Windows\\System32\\whoami.exe"
     assert event["process.command_line"] == "whoami /all"
+    assert event["process.parent.executable"] == "C:\\Windows\\System32\\cmd.exe"
     assert event["@timestamp"] == "2024-05-01T10:00:10.000Z"
-    assert result.query.startswith("search index=* process=") and "| head 201" in result.query
+    assert result.query.startswith("search index=* NOT index=notable NOT index=risk NOT index=summary* "
+                                   'NOT sourcetype="siemcrew:case" ')
+    assert 'CommandLine="*WHOAMI*"' in result.query and "| head 201 | fields _time, " in result.query
     api = [r for r in splunkd.requests if "jobs" in r.endpoint]
     assert api and all(r.auth == "bearer" for r in api)
     assert all("/v2/" in r.path for r in api), "Splunk 9.2 must be searched through search/v2/jobs"
@@ -79,9 +82,9 @@ def test_tls_verification_is_on_by_default(tmp_path: Path) -> None:
 
 def test_password_auth_logs_in_again_when_the_session_expires(splunkd: SplunkdEmulator) -> None:
     connector = connect(splunkd, auth="password", username="admin")
-    first = connector.run_native("index=main dest=wks-7", time_range=whole_day())
+    first = connector.run_native("index=main host=wks-7", time_range=whole_day())
     splunkd.fail_next("expire")
-    second = connector.run_native("index=main dest=wks-7", time_range=whole_day())
+    second = connector.run_native("index=main host=wks-7", time_range=whole_day())
     assert splunkd.logins == 2
     assert second.events == first.events and first.total == 3
     assert any(r.status == 401 for r in splunkd.requests)
@@ -171,14 +174,14 @@ def test_an_empty_export_is_an_empty_result(splunkd: SplunkdEmulator) -> None:
 def test_a_cut_export_stream_is_restarted_without_duplicates(splunkd: SplunkdEmulator) -> None:
     connector = connect(splunkd, search={"mode": "export"})
     splunkd.fail_next("cut_export")
-    result = connector.run_native("index=main dest=wks-7", time_range=whole_day())
+    result = connector.run_native("index=main host=wks-7", time_range=whole_day())
     assert result.total == 3 and len({e["@timestamp"] for e in result.events}) == 3
     assert len(splunkd.calls("jobs/export")) == 2
 
 
 def test_old_splunk_is_searched_through_v1_paths_with_get(splunkd: SplunkdEmulator) -> None:
     with SplunkdEmulator(sample_events(), version="8.2.12", now=NOW) as old:
-        result = connect(old).run_native("index=main dest=wks-7", time_range=whole_day())
+        result = connect(old).run_native("index=main host=wks-7", time_range=whole_day())
     assert result.total == 3
     assert not [r for r in old.requests if "/v2/" in r.path]
     assert old.calls("/results") and all(r.method == "GET" for r in old.calls("/results"))
@@ -186,7 +189,7 @@ def test_old_splunk_is_searched_through_v1_paths_with_get(splunkd: SplunkdEmulat
 
 def test_search_quota_503_is_retried_with_backoff(splunkd: SplunkdEmulator) -> None:
     splunkd.fail_next("quota", 2)
-    result = connect(splunkd).run_native("index=main dest=wks-7", time_range=whole_day())
+    result = connect(splunkd).run_native("index=main host=wks-7", time_range=whole_day())
     assert result.total == 3
     creates = splunkd.calls("search/v2/jobs", "POST")
     assert [r.status for r in creates if r.endpoint.rstrip("/").endswith("jobs")] == [503, 503, 201]
@@ -208,12 +211,12 @@ def test_a_dropped_results_page_is_fetched_again_without_duplicates(splunkd: Spl
 
 def test_a_dropped_job_create_is_retried(splunkd: SplunkdEmulator) -> None:
     splunkd.fail_next("drop", 1, path="/jobs")
-    assert connect(splunkd).run_native("index=main dest=wks-7", time_range=whole_day()).total == 3
+    assert connect(splunkd).run_native("index=main host=wks-7", time_range=whole_day()).total == 3
 
 
 def test_slow_jobs_are_polled_until_done(splunkd: SplunkdEmulator) -> None:
     splunkd.fail_next("slow", polls=4)
-    result = connect(splunkd).run_native("index=main dest=wks-7", time_range=whole_day())
+    result = connect(splunkd).run_native("index=main host=wks-7", time_range=whole_day())
     assert result.total == 3
     statuses = [r.status for r in splunkd.requests if r.method == "GET" and r.endpoint.count("/") == 3 and "jobs" in r.endpoint]
     assert statuses[:1] == [204] and statuses.count(200) >= 5
@@ -260,7 +263,9 @@ detection:
 level: medium
 """
     result = connect(splunkd).run_sigma(rule, time_range=whole_day())
-    assert result.query.startswith("search index=* Image=")
+    first_search = result.query.splitlines()[0]
+    assert first_search.startswith('search index=* NOT index=notable NOT index=risk NOT index=summary* '
+                                   'NOT sourcetype="siemcrew:case" Channel="Microsoft-Windows-Sysmon/Operational" EventCode=1 Image=')
     assert result.total == 1 and result.events[0]["process.executable"].endswith("whoami.exe")
 
 
@@ -272,7 +277,7 @@ def test_a_broken_sigma_rule_is_a_clear_error(splunkd: SplunkdEmulator) -> None:
 def test_concurrent_searches_are_capped(splunkd: SplunkdEmulator) -> None:
     connector = connect(splunkd, search={"max_concurrent": 1})
     results: list[int] = []
-    threads = [threading.Thread(target=lambda: results.append(connector.run_native("index=main dest=wks-7", time_range=whole_day()).total)) for _ in range(3)]
+    threads = [threading.Thread(target=lambda: results.append(connector.run_native("index=main host=wks-7", time_range=whole_day()).total)) for _ in range(3)]
     for _ in range(3):
         splunkd.fail_next("slow", polls=3)
     for thread in threads:
@@ -323,15 +328,15 @@ def test_sigma_with_the_cim_pipeline_searches_the_data_model(splunkd: SplunkdEmu
 @pytest.mark.parametrize(
     ("native", "sent"),
     [
-        ("dest=wks-7", "search index=main dest=wks-7"),
-        ("search dest=wks-7 | head 2", "search index=main dest=wks-7 | head 2"),
+        ("host=wks-7", 'search index=main NOT sourcetype="siemcrew:case" host=wks-7'),
+        ("search host=wks-7 | head 2", 'search index=main NOT sourcetype="siemcrew:case" host=wks-7 | head 2'),
         ("index=notable dest=dc01", "search index=notable dest=dc01"),
         ("search index IN (main, notable) dest=dc01", "search index IN (main, notable) dest=dc01"),
         ("| makeresults count=2", "| makeresults count=2"),
     ],
 )
 def test_native_spl_gets_search_and_the_scope_only_when_it_names_no_index(splunkd: SplunkdEmulator, native: str, sent: str) -> None:
-    result = connect(splunkd, search={"scope": "index=main"}).run_native(native, time_range=whole_day())
+    result = connect(splunkd, search={"scope": "index=main", "exclude": []}).run_native(native, time_range=whole_day())
     assert result.query == sent
     assert splunkd.calls("search/v2/jobs", "POST")[0].params["search"] == [sent]
 
@@ -340,7 +345,7 @@ def test_native_spl_gets_search_and_the_scope_only_when_it_names_no_index(splunk
 def test_a_malformed_answer_is_a_clear_error(splunkd: SplunkdEmulator, path: str) -> None:
     splunkd.fail_next("garbage", 1, path=path)
     with pytest.raises(ConnectorError, match="malformed answer from splunkd"):
-        connect(splunkd).run_native("index=main dest=wks-7", time_range=whole_day())
+        connect(splunkd).run_native("index=main host=wks-7", time_range=whole_day())
 
 
 def test_a_wrong_password_is_a_clear_error(splunkd: SplunkdEmulator, monkeypatch: pytest.MonkeyPatch) -> None:

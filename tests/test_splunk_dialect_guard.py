@@ -1,4 +1,5 @@
-"""SplDialect (EventQuery -> SPL), the CIM mapping both ways, and the read-only SPL guard."""
+"""SplDialect (EventQuery -> SPL) with the `splunk_cim` profile, the CIM mapping both ways, and the
+read-only SPL guard. The default profile (Windows add-ons) is tested in test_splunk_profile.py."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ from siemcrew.connectors.base import EventQuery, Filter, QueryRefused
 from siemcrew.connectors.splunk.dialect import SplDialect
 from siemcrew.connectors.splunk.guard import SplGuard
 from siemcrew.connectors.splunk.mapping import CimMapping, default_mapping
+from siemcrew.connectors.splunk.profile import load_profile
+
+CIM = load_profile("splunk_cim")
 
 
 def spl(query: EventQuery, scope: str = "index=*") -> str:
-    return SplDialect(default_mapping().to_splunk, scope=scope).translate(query)
+    text = SplDialect(CIM, scope=scope).translate(query)
+    return text.split(" | fields ", 1)[0]
 
 
 def test_ecs_fields_are_searched_under_their_cim_names() -> None:
@@ -49,7 +54,13 @@ def test_quotes_backslashes_and_literal_asterisks_are_escaped() -> None:
 
 def test_group_by_counts_per_group() -> None:
     text = spl(EventQuery(filters=[Filter(field="event.code", value=4624)], group_by=["host.name", "user.name"], limit=10))
-    assert text == "search index=* EventCode=4624 | stats count by dest user | sort 10 -count"
+    assert text == 'search index=* EventCode=4624 | fillnull value="-" dest user | stats count by dest user | head 50000'
+
+
+def test_event_searches_name_the_fields_they_need() -> None:
+    text = SplDialect(CIM, scope="index=*").translate(EventQuery(filters=[Filter(field="host.name", value="x")]))
+    named = text.split(" | fields ", 1)[1].split(", ")
+    assert {"_time", "host", "source", "dest", "process", "process_path", "parent_process_path", "src"} <= set(named)
 
 
 def test_unmapped_ecs_fields_pass_through() -> None:
