@@ -127,7 +127,7 @@ class SplunkConnector:
             total += part.total
             truncated = truncated or part.truncated
             events.extend(part.events[: max(limit - len(events), 0)])
-        if total == 0:
+        if total == 0 and not self.sigma.data_model:  # data-model searches name no raw fields to check
             self._check_answerable(searches, time_range)
         return SearchResult(
             connector=self.name, language=self.language, query="\n".join(spls), total=total, events=events,

@@ -21,8 +21,7 @@ import yaml
 
 from siemcrew.config.settings import CONFIG_DIR, SettingsError
 from siemcrew.connectors.base import Filter
-from siemcrew.connectors.splunk.mapping import CimMapping, splunk_time
-from siemcrew.crew.timeutil import iso
+from siemcrew.connectors.splunk.mapping import CimMapping
 
 if TYPE_CHECKING:
     from siemcrew.connectors.splunk.dialect import SplDialect
@@ -111,8 +110,3 @@ class CimProfile:
 
     def to_ecs(self, row: dict[str, Any]) -> dict[str, Any]:
         return self.mapping.to_ecs(row)
-
-
-def timestamp_of(value: Any) -> str | None:
-    moment = splunk_time(value)
-    return iso(moment) if moment is not None else None

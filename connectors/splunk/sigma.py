@@ -111,9 +111,9 @@ class SplunkSigma:
 
     def convert(self, rule_yaml: str) -> list[SigmaSearch]:
         try:
-            category = (SigmaCollection.from_yaml(rule_yaml).rules[0].logsource.category
-                        if SigmaCollection.from_yaml(rule_yaml).rules else None)
-        except (SigmaError, ValueError, yaml.YAMLError, IndexError, AttributeError) as exc:
+            rules = SigmaCollection.from_yaml(rule_yaml).rules
+            category = rules[0].logsource.category if rules else None
+        except (SigmaError, ValueError, yaml.YAMLError, AttributeError) as exc:
             raise ConnectorError(f"splunk: the Sigma rule cannot be converted to SPL: {exc}") from None
         searches: list[SigmaSearch] = []
         first_error: str | None = None

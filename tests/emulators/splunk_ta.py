@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 
 DATA_FILE = Path(__file__).with_name("splunk_ta.yaml")
 NOTABLE_DELAY_S = 60.0  # a correlation search writes its notable a little after the event
-SYSTEM_ORDER = ("Name", "Guid", "EventID", "Version", "Level", "Task", "Opcode", "Keywords", "SystemTime",
-                "EventRecordID", "ActivityID", "ProcessID", "ThreadID", "Channel", "Computer", "UserID")
 _URGENCY = {"critical": "critical", "high": "high", "medium": "medium", "low": "low", "informational": "informational"}
 
 
