@@ -3,7 +3,7 @@
 One mapping for every way a Splunk alert reaches siemcrew, so a notable fetched by `siemcrew run`
 and the same row handed off by the alert action name the same entities. The row's event part reads
 as ECS through the data profile; when it is a Windows event (an ES notable copies its triggering
-event's fields), its entities and process come from that event first, the CIM fields filling gaps.
+event's fields), its entities and process are that event's, as the local store would name them.
 """
 
 from __future__ import annotations
@@ -107,19 +107,18 @@ def is_windows_event(event: dict[str, Any]) -> bool:
 
 
 def merged_entities(cim: Entities, event: dict[str, Any]) -> Entities:
-    """The event's own entities first (a Windows event read as ECS), then the row's CIM ones."""
-    if not is_windows_event(event):
-        return cim
-    own = entities_from_events([event])
-    return Entities(**{name: _merge(getattr(own, name), getattr(cim, name)) for name in Entities.model_fields})
+    """A Windows event's own entities (read as ECS, as the local store reads them); the CIM fields
+    otherwise. The add-ons' CIM aliases of a Windows event only restate it, sometimes misleadingly
+    (dest is the remote address on a network event, the FQDN beside the host name elsewhere)."""
+    return entities_from_events([event]) if is_windows_event(event) else cim
 
 
 def merged_process(cim: ProcessRef | None, event: dict[str, Any]) -> ProcessRef | None:
+    """A Windows event's acting process (a Sysmon 10's source, where the CIM process is the target)."""
     if not is_windows_event(event):
         return cim
-    own = process_ref_from_event(event).model_dump(exclude_none=True)
-    filled = {**(cim.model_dump(exclude_none=True) if cim else {}), **own}
-    return ProcessRef(**filled) if filled else None
+    ref = process_ref_from_event(event)
+    return ref if ref.model_dump(exclude_none=True) else cim
 
 
 def alert_from_row(
