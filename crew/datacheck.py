@@ -34,6 +34,7 @@ class ProbeReport:
     events: int
     fields: list[FieldReport] = field(default_factory=list)
     error: str | None = None
+    essential: bool = False  # no events of this kind at all means the investigation is blind
 
     @property
     def missing(self) -> list[FieldReport]:
@@ -41,7 +42,9 @@ class ProbeReport:
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.events > 0 and not self.missing
+        if self.error is not None or self.missing:
+            return False
+        return self.events > 0 or not self.essential
 
     def summary(self) -> str:
         if self.error:
@@ -68,7 +71,7 @@ def check_data(connector: Any, days: int = 7, whole: bool = False) -> list[Probe
     for name, spec in probes().items():
         filters = [Filter(field=f, op="in", value=[str(v) for v in values]) for f, values in (spec.get("where") or {}).items()]
         query = EventQuery(filters=filters, time_range=window, limit=SAMPLE, order="desc")
-        report = ProbeReport(name=name, what=str(spec.get("what", name)), events=0)
+        report = ProbeReport(name=name, what=str(spec.get("what", name)), events=0, essential=bool(spec.get("essential")))
         try:
             rows = connector.search(query).events
         except ConnectorError as exc:
@@ -81,4 +84,7 @@ def check_data(connector: Any, days: int = 7, whole: bool = False) -> list[Probe
             report.fields.append(FieldReport(field=ecs, present=present, native=list(native(ecs)) if native else [],
                                              missing_means=str(means)))
         reports.append(report)
+    if reports and not any(r.events for r in reports):  # nothing of any kind: the scope or the mapping is wrong
+        for report in reports:
+            report.essential = True
     return reports

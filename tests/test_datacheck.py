@@ -38,7 +38,9 @@ def test_missing_command_lines_and_parents_are_named_with_what_they_cost(tmp_pat
     assert {"process.command_line", "process.parent.executable"} <= missing
     assert "process.executable" not in missing
     assert "encoded PowerShell" in creation.summary()
-    assert reports["logons"].events == 0 and not reports["logons"].ok  # no logons in scope at all
+    assert reports["logons"].events == 0 and not reports["logons"].ok  # no logons in scope at all: blind
+    assert reports["registry"].events == 0 and reports["registry"].ok  # a kind that is only missing warns
+    assert "no events in scope" in reports["registry"].summary()
 
     result = run_cli("doctor", "--config", str(config), "--json")
     assert result.returncode == 1, result.stderr
