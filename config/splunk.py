@@ -36,7 +36,7 @@ class SplunkSearch(Section):
     scope: str = "index=*"
     exclude: list[str] = Field(default_factory=lambda: ["index=notable", "index=risk", "index=summary*"])
     profile: str = "splunk_ta_windows"
-    max_concurrent: int = Field(3, ge=1, le=50)
+    max_concurrent: int = Field(8, ge=1, le=50)  # a stage sends up to 8 independent searches at once
     poll_interval_s: float = Field(0.5, gt=0)
     job_timeout_s: float = Field(300.0, gt=0)
     page_size: int = Field(5000, ge=1, le=50_000)

@@ -100,6 +100,10 @@ class SplunkConnector:
         # an ungrouped EventQuery is `search ... | sort | head`: the job's eventCount is what matched
         return self._run(spl, query.time_range, query.limit, count_matched=True)
 
+    def native_fields(self, field: str) -> list[str]:
+        """The Splunk fields an internal field is read from under the data profile (for `doctor`)."""
+        return self.profile.native_names(field)
+
     def _grouped(self, spl: str, query: EventQuery) -> SearchResult:
         """Groups of the Splunk fields feeding the group-by fields, read as ECS and merged: one row
         per distinct ECS combination with its count, largest first, as the local store returns."""

@@ -45,6 +45,9 @@ class SplunkProfile(Protocol):
     def group_names(self, fields: Sequence[str]) -> list[str]:
         """The Splunk fields a grouped search groups by to compute these ECS fields from the groups."""
 
+    def native_names(self, field: str) -> list[str]:
+        """The Splunk fields an ECS field is read from (what `siemcrew doctor` reports)."""
+
     def to_ecs(self, row: dict[str, Any]) -> dict[str, Any]:
         """A result row as flat ECS."""
 
@@ -107,6 +110,9 @@ class CimProfile:
 
     def group_names(self, fields: Sequence[str]) -> list[str]:
         return [self.field_map.get(f, f) for f in fields]
+
+    def native_names(self, field: str) -> list[str]:
+        return list(self.mapping.fields.get(field) or [field])
 
     def to_ecs(self, row: dict[str, Any]) -> dict[str, Any]:
         return self.mapping.to_ecs(row)

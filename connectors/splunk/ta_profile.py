@@ -121,10 +121,14 @@ class WindowsTaProfile:
         Splunk field any group-by field is read from."""
         names: list[str] = [self.channel_field, self.event_code_field]
         for field in fields:
-            for branch in self._branches(field):
-                for source in branch.plan.sources:
-                    names += self.splunk_names(source.name)
+            names += self.native_names(field)
         return list(dict.fromkeys(names))
+
+    def native_names(self, field: str) -> list[str]:
+        """Every Splunk field this ECS field is read from, in any channel or event."""
+        names = [name for branch in self._branches(field) for source in branch.plan.sources
+                 for name in self.splunk_names(source.name)]
+        return list(dict.fromkeys(names)) if names else self._field_names(field)
 
     # -- reading -----------------------------------------------------------------------------
     def channel_of(self, row: dict[str, Any]) -> str | None:

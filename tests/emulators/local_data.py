@@ -10,6 +10,7 @@ from typing import Any
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 OTRF = SHARED / "datasets" / "otrf"
 OTRF_DEV = OTRF / "dev"
+DATASETS = (OTRF, SHARED / "datasets" / "otrf-dev2")  # the labelled sets `make eval` scores
 SIGMA = SHARED / "datasets" / "detection-content" / "sigma"
 FIELD_EXAMPLES = OTRF / "field_examples.json"
 LABELLED_ALERTS = OTRF / "alerts_dev_labelled.csv"
