@@ -29,6 +29,7 @@ from sigma.processing.pipeline import ProcessingPipeline
 from sigma.rule import SigmaRule
 
 from siemcrew.connectors.base import ConnectorError
+from siemcrew.connectors.sigma_variant import Variant
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +59,6 @@ class RuleMeta(BaseModel):
     techniques: list[str] = Field(default_factory=list)
     tactics: list[str] = Field(default_factory=list)
     logsource: dict[str, str] = Field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    pipelines: tuple[str, ...]
-    categories: frozenset[str] | None = None
-
-    def applies(self, category: str | None) -> bool:
-        return self.categories is None or (category or "").lower() in self.categories
 
 
 @dataclass(frozen=True)
@@ -123,14 +114,7 @@ class SigmaConverter:
 
     def __init__(self, config: str | Path | None = None) -> None:
         data = yaml.safe_load(Path(config or default_config_path()).read_text(encoding="utf-8"))
-        self.variants = [
-            Variant(
-                name=str(item["name"]),
-                pipelines=tuple(item["pipelines"]),
-                categories=frozenset(c.lower() for c in item["categories"]) if item.get("categories") else None,
-            )
-            for item in data["variants"]
-        ]
+        self.variants = [Variant.from_data(item) for item in data["variants"]]
         for variant in self.variants:
             unknown = [name for name in variant.pipelines if name not in PIPELINES]
             if unknown:
@@ -140,11 +124,7 @@ class SigmaConverter:
         self.convert = lru_cache(maxsize=512)(self._convert)  # type: ignore[method-assign]
 
     def _pipeline(self, variant: Variant) -> ProcessingPipeline:
-        """Fresh pipeline objects each time: pySigma pipelines keep per-conversion state."""
-        pipeline = ProcessingPipeline()
-        for name in variant.pipelines:
-            pipeline = pipeline + PIPELINES[name]()
-        return pipeline + ProcessingPipeline.from_yaml(self._local_pipeline)
+        return variant.pipeline(PIPELINES, self._local_pipeline)
 
     def _convert(self, rule_yaml: str) -> ConvertedRule:
         try:

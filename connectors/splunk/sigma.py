@@ -29,6 +29,7 @@ from sigma.processing.pipeline import ProcessingPipeline
 from sigma.rule import SigmaRule
 
 from siemcrew.connectors.base import ConnectorError
+from siemcrew.connectors.sigma_variant import Variant
 
 PIPELINES: dict[str, Callable[[], ProcessingPipeline]] = {
     "sysmon": sysmon_pipeline,
@@ -42,16 +43,6 @@ ADDED_CONDITION = "_cond_"  # pySigma's name prefix for conditions a pipeline ad
 # What a detection needs to be able to match: ("field", name), ("all", parts) or ("any", parts);
 # None needs nothing (negated parts, keywords: they can match events without the fields).
 Needs = tuple[Any, ...] | None
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    pipelines: tuple[str, ...]
-    categories: frozenset[str] | None = None
-
-    def applies(self, category: str | None) -> bool:
-        return self.categories is None or (category or "").lower() in self.categories
 
 
 @dataclass(frozen=True)
@@ -84,11 +75,7 @@ class SplunkSigma:
         else:
             self.output = str(profile_sigma.get("output") or "default")
             items = profile_sigma.get("variants") or [{"name": "profile", "pipelines": profile_sigma.get("pipelines") or []}]
-            self.variants = [
-                Variant(str(item["name"]), tuple(item.get("pipelines") or ()),
-                        frozenset(c.lower() for c in item["categories"]) if item.get("categories") else None)
-                for item in items
-            ]
+            self.variants = [Variant.from_data(item) for item in items]
             if profile_sigma.get("pipeline"):
                 self.extra = yaml.safe_dump(profile_sigma["pipeline"])
         unknown = sorted({p for v in self.variants for p in v.pipelines} - set(PIPELINES))
@@ -101,13 +88,7 @@ class SplunkSigma:
         return self.output == "data_model"
 
     def _pipeline(self, variant: Variant) -> ProcessingPipeline:
-        """Fresh objects per conversion: pySigma pipelines keep per-conversion state."""
-        pipeline = ProcessingPipeline()
-        for name in variant.pipelines:
-            pipeline = pipeline + PIPELINES[name]()
-        if self.extra:
-            pipeline = pipeline + ProcessingPipeline.from_yaml(self.extra)
-        return pipeline
+        return variant.pipeline(PIPELINES, self.extra)
 
     def convert(self, rule_yaml: str) -> list[SigmaSearch]:
         try:

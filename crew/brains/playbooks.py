@@ -13,7 +13,7 @@ from siemcrew.crew.indicators import IndicatorSet, short_host
 from siemcrew.crew.models import (
     ActionProposal, HuntResult, ImpactAssessment, ResponsePlan, TriageResult, VerificationReport,
 )
-from siemcrew.crew.reasoning import Reasoner, effective_techniques
+from siemcrew.crew.reasoning import Assessment, Reasoner, effective_techniques
 from siemcrew.crew.timeutil import iso, parse_time
 
 Call = tuple[str, dict[str, Any]]
@@ -103,9 +103,21 @@ def hunt_plan(ctx: InvestigationContext) -> list[Call]:
     if techniques and ctx.runtime.has_sigma and not _done(ctx, "sigma", None):
         calls.append(("sigma_hunt", {"techniques": techniques, "host": host}))
     calls += entity_pivots(ctx)
+    assessment = Reasoner(ctx.case, ctx.runtime.inventory).assess()
+    if assessment.verdict != "benign":  # what the verifier and the impact stage will need, asked for now
+        linked = [f"host:{h}" for h in assessment.candidate_hosts] + [f"ip:{i}" for i in assessment.candidate_ips]
+        for hint in linked:
+            calls += _gap_calls(ctx, hint)
+        calls += _destination_prevalence(ctx, assessment)
     for hint in ctx.gaps:
         calls += _gap_calls(ctx, hint)
     return _unique(calls)
+
+
+def _destination_prevalence(ctx: InvestigationContext, assessment: Assessment) -> list[Call]:
+    """How rare the chain's external destinations are (block candidates)."""
+    return [("prevalence", {"field": "destination.ip", "value": ip})
+            for ip in assessment.external_destinations[:3] if not _done(ctx, "prevalence", ip)]
 
 
 def _gap_calls(ctx: InvestigationContext, hint: str) -> list[Call]:
@@ -171,10 +183,7 @@ def impact_plan(ctx: InvestigationContext) -> list[Call]:
     for user in assessment.affected_users:
         if not _done(ctx, "asset_context", user):
             calls.append(("asset_context", {"user": user}))
-    for ip in assessment.external_destinations[:3]:  # how rare the chain's destinations are: block candidates
-        if not _done(ctx, "prevalence", ip):
-            calls.append(("prevalence", {"field": "destination.ip", "value": ip}))
-    return calls
+    return calls + _destination_prevalence(ctx, assessment)
 
 
 # -- conclusions ----------------------------------------------------------------------------------
