@@ -41,6 +41,7 @@ from emulators.elastic_store import (
     Index,
     Store,
     aggregate,
+    field_caps,
     fields_option,
     filter_source,
     matches,
@@ -425,6 +426,8 @@ class ElasticEmulator:
             response = self._route(method, path, params, headers, raw)
         except EsError as exc:
             response = Response(exc.status, exc.body())
+        if params.get("filter_path") and response.status < 300 and isinstance(response.body, dict):
+            response.body = filter_path(response.body, params["filter_path"].split(","))
         return self._es_answer(response, headers)
 
     def _json(self, raw: bytes) -> Any:
@@ -446,6 +449,7 @@ class ElasticEmulator:
             ({"POST"}, r"^([^_/][^/]*)/_pit$", lambda index: Response(200, self._open_pit(index, params))),
             ({"DELETE"}, r"^_pit$", lambda: self._close_pit(self._json(raw) or {})),
             ({"POST"}, r"^_query$", lambda: self._esql(self._json(raw) or {}, params)),
+            ({"GET", "POST"}, r"^(?:([^_/][^/]*)/)?_field_caps$", lambda index=None: Response(200, self._field_caps(index, self._json(raw) or {}, params))),
             ({"GET", "POST"}, r"^([^_/][^/]*)/_eql/search$", lambda index: Response(200, self._eql(index, self._json(raw) or {}))),
             ({"POST", "GET"}, r"^([^_/][^/]*)/_refresh$", lambda index: Response(200, {"_shards": {"total": 1, "successful": 1, "failed": 0}})),
             ({"GET"}, r"^([^_/][^/]*)/_mapping$", lambda index: Response(200, self._mapping(index))),
@@ -602,13 +606,27 @@ class ElasticEmulator:
             values = [list(column) for column in zip(*values)] if values else [[] for _ in result.columns]
         return Response(200, {"took": 3, "is_partial": False, "columns": result.columns, "values": values}, headers)
 
+    def _field_caps(self, index: str | None, body: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
+        wanted = params.get("fields") or body.get("fields")
+        patterns = [p.strip() for p in (wanted.split(",") if isinstance(wanted, str) else wanted or []) if p.strip()]
+        if not patterns:
+            raise EsError(400, "action_request_validation_exception", "Validation Failed: 1: specified fields can't be null or empty;")
+        with self.store.lock:
+            indices = self.store.resolve(index, params.get("ignore_unavailable") == "true")
+            return field_caps(indices, patterns, params.get("include_unmapped") == "true")
+
     def _eql(self, index: str, body: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(body.get("query"), str):
             raise EsError(400, "parsing_exception", "[query] is required", line=1, col=1)
         with self.store.lock:
             indices = self.store.resolve(index)
             docs = run_eql(indices, body["query"], body.get("filter"), int(body.get("size", 10)))
-        events = [{"_index": d.index.name, "_id": d.id, "_source": d.source} for d in docs]
+            events = []
+            for d in docs:
+                event: dict[str, Any] = {"_index": d.index.name, "_id": d.id, "_source": d.source}
+                if body.get("fields"):
+                    event["fields"] = fields_option(d, body["fields"])
+                events.append(event)
         return {"is_partial": False, "is_running": False, "took": 2, "timed_out": False,
                 "hits": {"total": {"value": len(events), "relation": "eq"}, "events": events}}
 
@@ -746,6 +764,30 @@ class ElasticEmulator:
             items.append({action: item})
         errors = any(next(iter(item.values()))["status"] >= 300 and not (next(iter(item.values())).get("result") == "not_found") for item in items)
         return Response(200, {"errors": errors, "took": 2, "items": items})
+
+
+def filter_path(body: Any, paths: list[str]) -> Any:
+    """`filter_path`: keep the dotted paths named (`*` matches one key; lists are walked through)."""
+    includes = [p.split(".") for p in paths if p and not p.startswith("-")]
+
+    def keep(node: Any, patterns: list[list[str]]) -> Any:
+        if not patterns or any(not p for p in patterns):
+            return node
+        if isinstance(node, list):
+            kept = [keep(item, patterns) for item in node]
+            return [item for item in kept if item not in (None, {}, [])]
+        if not isinstance(node, dict):
+            return None
+        out = {}
+        for key, value in node.items():
+            inner = [p[1:] for p in patterns if p[0] == "*" or p[0] == key]
+            if inner:
+                child = keep(value, inner)
+                if child not in (None, {}, []) or any(not p for p in inner):
+                    out[key] = child
+        return out
+
+    return keep(body, includes) if includes else body
 
 
 def _write_result(doc: Doc, result: str) -> dict[str, Any]:

@@ -524,28 +524,34 @@ def _value_type(value: Any) -> str:
     return "keyword" if isinstance(sample, str) else _type_name(infer_type(sample))
 
 
+def _multi_fields(index: Index) -> dict[str, tuple[str, bool]]:
+    """Declared multi-fields: path -> (parent, lower-cased?) (`.caseless` has a lowercase normalizer)."""
+    out = {}
+    for path in index.explicit_types():
+        parent = index.multi_field_parent(path)
+        if parent is not None:
+            out[path] = (parent, path.endswith(".caseless"))
+    return out
+
+
 def _source_table(indices: list[Index], metadata: list[str], docs: list[Doc]) -> tuple[dict[str, str], list[dict[str, Any]]]:
     columns: dict[str, str] = {}
+    multi: dict[str, dict[str, tuple[str, bool]]] = {}
     for index in indices:
-        for doc in index.docs.values():
-            for path in flatten_source(doc.source):
-                columns.setdefault(path, _type_name(index.field_type(path)))
-        for path, kind in index.explicit_types().items():
+        for path, kind in index.field_paths().items():
             if kind != "object":
                 columns.setdefault(path, _type_name(kind))
+        multi[index.name] = _multi_fields(index)
     rows = []
     for doc in docs:
-        flat = flatten_source(doc.source)
-        row = {name: _cell(kind, flat.get(name, [])) for name, kind in columns.items()}
-        for name in list(columns):
-            if columns[name] == "keyword" and name in flat:
-                row[name + ".caseless"] = _cell("keyword", [str(v).lower() for v in flat[name]])
+        flat = doc.flat()
+        row = {name: _cell(columns[name], values) for name, values in flat.items() if name in columns}  # absent = null
+        for path, (parent, lowered) in multi[doc.index.name].items():
+            values = flat.get(parent, [])
+            row[path] = _cell(columns[path], [str(v).lower() for v in values] if lowered else values)
         meta = {"_id": doc.id, "_index": doc.index.name, "_version": doc.version}
         row.update({m: meta[m] for m in metadata})
         rows.append(row)
-    for name in list(columns):
-        if columns[name] == "keyword":
-            columns.setdefault(name + ".caseless", "keyword")
     for m in metadata:
         columns[m] = "long" if m == "_version" else "keyword"
     return columns, rows
@@ -663,7 +669,7 @@ def run_esql(store: Any, query: str, dsl_filter: dict[str, Any] | None) -> EsqlR
         warnings.extend(evaluator.warnings)
     if limit is None:
         rows = rows[:DEFAULT_LIMIT]
-    names = [c for c in columns if not c.endswith(".caseless")]
+    names = list(columns)
     return EsqlResult(
         columns=[{"name": n, "type": columns[n]} for n in names],
         values=[[_output(columns[n], row.get(n)) for n in names] for row in rows],
@@ -825,15 +831,17 @@ def run_eql(indices: list[Index], query: str, dsl_filter: dict[str, Any] | None,
     if dsl_filter:
         docs = [doc for doc in docs if matches(dsl_filter, doc)]
     columns: dict[str, str] = {}
+    for index in indices:
+        columns.update({path: "keyword" for path, kind in index.field_paths().items() if kind != "object"})
+    multi = {index.name: _multi_fields(index) for index in indices}
     tables = []
     for doc in docs:
-        flat = flatten_source(doc.source)
+        flat = doc.flat()
         row = {k: (v[0] if len(v) == 1 else v) for k, v in flat.items()}
-        for key, values in flat.items():
-            if all(isinstance(v, str) for v in values):
-                lowered = [v.lower() for v in values]
-                row[key + ".caseless"] = lowered[0] if len(lowered) == 1 else lowered
-        columns.update({k: "keyword" for k in row})
+        for path, (parent, lowered) in multi[doc.index.name].items():
+            values = [str(v).lower() if lowered else v for v in flat.get(parent, [])]
+            if values:
+                row[path] = values[0] if len(values) == 1 else values
         tables.append((doc, row))
     evaluator = Evaluator(query, columns, eql=True)
     _check_eql_fields(expr, columns, query)
@@ -845,12 +853,12 @@ def run_eql(indices: list[Index], query: str, dsl_filter: dict[str, Any] | None,
             continue
         if evaluator.value(expr, row) is True:
             selected.append(doc)
-    selected.sort(key=lambda d: (str(flatten_source(d.source).get("@timestamp", [""])[0]), d.seq_no))
+    selected.sort(key=lambda d: (str((d.values("@timestamp") or [""])[0]), d.seq_no))
     return selected[:size]
 
 
 def _check_eql_fields(expr: Expr, columns: dict[str, str], query: str) -> None:
-    if expr.kind == "col" and expr.value not in columns and not expr.value.endswith(".caseless"):
+    if expr.kind == "col" and expr.value not in columns:
         raise EsError(400, "verification_exception", f"Found 1 problem\nline 1:{expr.pos + 1}: Unknown column [{expr.value}]")
     for arg in expr.args:
         _check_eql_fields(arg, columns, query)

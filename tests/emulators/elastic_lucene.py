@@ -9,6 +9,7 @@ sub-fields and text fields do not.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -258,7 +259,7 @@ def _fields(doc: Doc, field: str) -> list[str]:
         return ["_exists_"]
     if field in ("*", "_all") or any(ch in field for ch in "*?"):
         pattern = "*" if field == "_all" else field
-        return [p for p in flatten_source(doc.source) if fnmatch.fnmatchcase(p, pattern)]
+        return [p for p in doc.flat() if fnmatch.fnmatchcase(p, pattern)]
     return [field]
 
 
@@ -347,7 +348,9 @@ class _Parser:
         raise _error(self.query, f"Encountered \" {tok.kind} \" where a term was expected")
 
 
+@functools.lru_cache(maxsize=256)
 def parse_lucene(query: str, default_operator: str = "or") -> Node:
+    """The query's tree, parsed once per text (a search evaluates it on every document)."""
     if not query.strip():
         return BoolNode("OR", [])
     return _Parser(query, default_operator).parse()

@@ -11,6 +11,7 @@ envelope.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import math
 import re
@@ -58,6 +59,14 @@ def index_missing(name: str) -> EsError:
 def parse_date(value: Any) -> datetime | None:
     if isinstance(value, bool) or value is None:
         return None
+    if isinstance(value, (str, int, float)):
+        return _parse_date(value)
+    return _parse_date.__wrapped__(value)
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_date(value: Any) -> datetime | None:
+    """parse_date, remembered: a search reads every document's time stamp, again for every query."""
     if isinstance(value, (int, float)):
         return datetime.fromtimestamp(value / 1000.0, tz=timezone.utc)
     text = str(value).strip()
@@ -192,10 +201,20 @@ class Doc:
     source: dict[str, Any]
     seq_no: int
     version: int = 1
+    _flat: dict[str, list[Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def shard_doc(self) -> int:
         return (self.index.ordinal << 32) + self.seq_no
+
+    def flat(self) -> dict[str, list[Any]]:
+        """Every leaf path with its values (a document is never changed in place, so this is cached)."""
+        if self._flat is None:
+            self._flat = flatten_source(self.source)
+        return self._flat
+
+    def values(self, path: str) -> list[Any]:
+        return self.flat().get(path, [])
 
 
 @dataclass
@@ -206,33 +225,85 @@ class Index:
     docs: dict[str, Doc] = field(default_factory=dict)
     seq: int = 0
     data_stream: bool = False
+    _types: dict[str, str | None] = field(default_factory=dict, repr=False)  # dynamic types, until the next write
+    _explicit: dict[str, str] | None = field(default=None, repr=False)
+    _views: dict[str, tuple[str, str | None]] = field(default_factory=dict, repr=False)
 
     @property
     def dynamic(self) -> bool:
         return self.mappings.get("dynamic", True) not in (False, "false", "strict")
 
     def explicit_types(self) -> dict[str, str]:
-        return mapping_types(self.mappings.get("properties") or {})
+        if self._explicit is None:
+            self._explicit = mapping_types(self.mappings.get("properties") or {})
+        return self._explicit
 
     def field_type(self, path: str) -> str | None:
-        """The type a field has in this index (explicit mapping, else inferred like dynamic mapping)."""
+        """The type a field has in this index (explicit mapping, else what dynamic mapping made of it).
+
+        Sub-fields (`.keyword`, `.caseless`, ...) exist only where the mapping declares them as
+        multi-fields: an ECS `.caseless` is Elastic Defend's, Winlogbeat indices have none.
+        """
         explicit = self.explicit_types()
         if path in explicit:
             return explicit[path]
-        if path.endswith((".keyword", ".caseless")) and path.rsplit(".", 1)[0] in explicit:
-            return "keyword"
         if not self.dynamic:
             return None
         if path in TEXT_FIELDS_BY_NAME:
             return "text"
-        for doc in self.docs.values():
-            values = leaf_values(doc.source, path.split("."))
-            if values:
-                return infer_type(values[0])
+        if path not in self._types:
+            self._types[path] = None
+            for doc in self.docs.values():
+                values = leaf_values(doc.source, path.split("."))
+                if values:
+                    self._types[path] = self.dynamic_type(path, values[0])
+                    break
+        return self._types[path]
+
+    def view_of(self, path: str) -> tuple[str, str | None]:
+        cached = self._views.get(path)
+        if cached is None:
+            cached = self._views[path] = _view_kind(self, path)
+        return cached
+
+    def multi_field_parent(self, path: str) -> str | None:
+        """`a.b` when `path` is a multi-field `a.b.<sub>` declared in the mapping, else None."""
+        parent, _, _ = path.rpartition(".")
+        explicit = self.explicit_types()
+        if parent and path in explicit and explicit.get(parent) not in (None, "object"):
+            return parent
         return None
+
+    def dynamic_type(self, path: str, value: Any) -> str:
+        """Dynamic mapping of a new field: dynamic templates first, then detection by value."""
+        kind = infer_type(value)
+        if kind == "date" and self.mappings.get("date_detection") is False:
+            kind = "keyword"
+        mapping_type = {"keyword": "string", "date": "date", "long": "long", "float": "double", "boolean": "boolean"}[kind]
+        for template in self.mappings.get("dynamic_templates") or []:
+            (_, spec), = template.items()
+            if "path_match" in spec and not fnmatch.fnmatchcase(path, spec["path_match"]):
+                continue
+            if "match" in spec and not fnmatch.fnmatchcase(path.rsplit(".", 1)[-1], spec["match"]):
+                continue
+            if spec.get("match_mapping_type") not in (None, "*", mapping_type):
+                continue
+            return str((spec.get("mapping") or {}).get("type", kind))
+        return kind
+
+    def field_paths(self) -> dict[str, str]:
+        """Every field this index maps: explicit ones (with multi-fields) and those dynamic mapping added."""
+        paths = {k: v for k, v in self.explicit_types().items()}
+        for doc in self.docs.values():
+            for path, values in doc.flat().items():
+                if path not in paths and values and self.dynamic:
+                    paths[path] = "text" if path in TEXT_FIELDS_BY_NAME else self.dynamic_type(path, values[0])
+        return {k: v for k, v in paths.items() if v}
 
     def put(self, doc_id: str, source: dict[str, Any]) -> tuple[Doc, bool]:
         self.seq += 1
+        self._types.clear()
+        self._views.clear()
         existing = self.docs.get(doc_id)
         doc = Doc(self, doc_id, source, self.seq, (existing.version + 1) if existing else 1)
         self.docs[doc_id] = doc
@@ -279,9 +350,16 @@ class Store:
     def resolve(self, expression: str | None, ignore_unavailable: bool = False) -> list[Index]:
         with self.lock:
             names: list[str] = []
+            wildcard_seen = False
             for part in [p.strip() for p in (expression or "_all").split(",") if p.strip()]:
-                exclude = part.startswith("-") and names
+                # like Elasticsearch: `-x` excludes only after a wildcard expression, else it is a name
+                exclude = part.startswith("-") and wildcard_seen
                 pattern = part[1:] if exclude else part
+                wildcard_seen = wildcard_seen or any(ch in pattern for ch in "*?") or pattern == "_all"
+                if exclude:  # an exclusion filters what earlier patterns found; it never fails
+                    names = [n for n in names if not fnmatch.fnmatchcase(n, pattern)
+                             and not any(n in self.aliases.get(a, []) for a in self.aliases if fnmatch.fnmatchcase(a, pattern))]
+                    continue
                 if pattern in ("_all", "*"):
                     matched = [n for n in self.indices if not n.startswith(".")]
                 elif any(ch in pattern for ch in "*?"):
@@ -321,16 +399,22 @@ class FieldView:
 
 
 def field_view(doc: Doc, path: str) -> FieldView:
-    index = doc.index
-    base, kind = path, index.field_type(path)
-    if path.endswith(".caseless") and index.field_type(path[: -len(".caseless")]) in ("keyword", "wildcard"):
-        base, kind = path[: -len(".caseless")], "caseless"
-    elif path.endswith(".keyword") and index.field_type(path[: -len(".keyword")]) in ("keyword", "text", "wildcard"):
-        base, kind = path[: -len(".keyword")], "keyword"
-    elif path.endswith(".text") and index.field_type(path[: -len(".text")]) in ("keyword", "wildcard"):
-        base, kind = path[: -len(".text")], "text"
+    base, kind = doc.index.view_of(path)
     if kind is None:
         return FieldView("unmapped", [])
+    return FieldView(kind, doc.values(base))
+
+
+def _view_kind(index: "Index", path: str) -> tuple[str, str | None]:
+    """(the path values are read from, the kind queries see) for a field of an index."""
+    base, kind = path, index.field_type(path)
+    parent = index.multi_field_parent(path)
+    if parent is not None:
+        base = parent
+        sub = path.rsplit(".", 1)[1]
+        kind = "caseless" if sub == "caseless" else "text" if kind in ("text", "match_only_text") else kind
+    if kind is None:
+        return base, None
     if kind in NUMERIC:
         kind = "numeric"
     elif kind in ("wildcard", "constant_keyword"):
@@ -339,8 +423,7 @@ def field_view(doc: Doc, path: str) -> FieldView:
         kind = "text"
     elif kind == "date_nanos":
         kind = "date"
-    values = leaf_values(doc.source, base.split("."))
-    return FieldView(kind, values)
+    return base, kind
 
 
 def tokens(text: Any) -> list[str]:
@@ -389,6 +472,7 @@ def _doc_value(kind: str, value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=1024)
 def wildcard_regex(pattern: str, case_insensitive: bool) -> re.Pattern[str]:
     out, i = [], 0
     while i < len(pattern):
@@ -416,39 +500,91 @@ def _field_spec(name: str, body: Any, value_key: str = "value") -> tuple[str, An
 
 
 def matches(query: Any, doc: Doc) -> bool:
+    return compiled(query)(doc)
+
+
+_COMPILED: dict[int, tuple[Any, Any]] = {}
+
+
+def compiled(query: Any) -> Any:
+    """The query as a predicate over documents, parsed once per query object (parse errors raise here)."""
+    entry = _COMPILED.get(id(query))
+    if entry is not None and entry[0] is query:
+        return entry[1]
+    predicate = _compile(query)
+    if len(_COMPILED) > 4096:
+        _COMPILED.clear()
+    _COMPILED[id(query)] = (query, predicate)  # the query is kept alive, so its id is not reused
+    return predicate
+
+
+def _compile(query: Any) -> Any:
     if not isinstance(query, dict) or len(query) != 1:
         raise parsing_error("[_na] query malformed, must start with start_object")
     kind, body = next(iter(query.items()))
+    if kind == "bool":
+        return _compile_bool(body)
+    if kind == "term":
+        path, value, spec = _field_spec("term", body)
+        insensitive = bool(spec.get("case_insensitive"))
+        return lambda doc: _equals(field_view(doc, path), path, value, insensitive)
+    if kind == "match_all":
+        return lambda doc: True
+    if kind == "match_none":
+        return lambda doc: False
     handler = _QUERIES.get(kind)
     if handler is None:
         raise EsError(
             400, "parsing_exception", f"unknown query [{kind}]", line=1, col=1,
             caused_by={"type": "named_object_not_found_exception", "reason": f"[1:1] unknown field [{kind}]"},
         )
-    return handler(body, doc)
+    return lambda doc: handler(body, doc)
 
 
-def _bool(body: dict[str, Any], doc: Doc) -> bool:
+def _compile_bool(body: Any) -> Any:
     allowed = {"must", "filter", "should", "must_not", "minimum_should_match", "boost", "_name"}
+    if not isinstance(body, dict):
+        raise parsing_error("[bool] query malformed")
     for key in body:
         if key not in allowed:
             raise parsing_error(f"[bool] query does not support [{key}]")
 
-    def clauses(key: str) -> list[Any]:
+    def items(key: str) -> list[Any]:
         value = body.get(key) or []
         return value if isinstance(value, list) else [value]
 
-    if not all(matches(q, doc) for q in clauses("must") + clauses("filter")):
-        return False
-    if any(matches(q, doc) for q in clauses("must_not")):
-        return False
-    should = clauses("should")
-    if not should:
-        return True
-    default = 0 if (clauses("must") or clauses("filter")) else 1
+    def clauses(key: str) -> list[Any]:
+        return [_compile(q) for q in items(key)]
+
+    # range clauses (time windows) first: the same answer, and most documents fail there cheaply
+    ranges_first = sorted(items("must") + items("filter"), key=lambda q: not (isinstance(q, dict) and "range" in q))
+    required, excluded, should = [_compile(q) for q in ranges_first], clauses("must_not"), clauses("should")
+    default = 0 if required else 1
     minimum = body.get("minimum_should_match", default)
     minimum = int(str(minimum).rstrip("%")) if not str(minimum).endswith("%") else math.ceil(len(should) * int(str(minimum)[:-1]) / 100)
-    return sum(1 for q in should if matches(q, doc)) >= minimum
+
+    def evaluate(doc: Doc) -> bool:
+        for q in required:
+            if not q(doc):
+                return False
+        for q in excluded:
+            if q(doc):
+                return False
+        if not should or minimum <= 0:
+            return True
+        found = 0
+        for q in should:  # stop at the minimum (a should clause has no side effects)
+            if q(doc):
+                found += 1
+                if found >= minimum:
+                    return True
+        return False
+
+    return evaluate
+
+
+def _bool(body: dict[str, Any], doc: Doc) -> bool:
+    return _compile_bool(body)(doc)
 
 
 def _term(body: Any, doc: Doc) -> bool:
@@ -523,7 +659,7 @@ def _exists(body: dict[str, Any], doc: Doc) -> bool:
         raise parsing_error("[exists] must be provided with a [field]")
     path = body["field"]
     if any(ch in path for ch in "*?"):
-        flat = flatten_source(doc.source)
+        flat = doc.flat()
         return any(fnmatch.fnmatchcase(k, path) and v for k, v in flat.items())
     view = field_view(doc, path)
     return bool([v for v in view.values if v is not None])
@@ -945,6 +1081,21 @@ _AGGS = {
 
 
 # -- source filtering ------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=256)
+def _path_matcher(patterns: tuple[str, ...]) -> Any:
+    """A test for paths: one of `patterns` matches it (wildcards) or names one of its parents."""
+    exact = {p for p in patterns if not any(ch in p for ch in "*?[")}
+    wild = [re.compile(fnmatch.translate(p)) for p in patterns if p not in exact]
+
+    def test(path: str) -> bool:
+        parts = path.split(".")
+        if any(".".join(parts[:cut]) in exact for cut in range(1, len(parts) + 1)):
+            return True
+        return any(w.match(path) for w in wild)
+
+    return test
+
+
 def filter_source(source: dict[str, Any], spec: Any) -> dict[str, Any] | None:
     if spec is None or spec is True:
         return source
@@ -962,10 +1113,10 @@ def filter_source(source: dict[str, Any], spec: Any) -> dict[str, Any] | None:
     else:
         raise parsing_error("[_source] malformed")
 
+    including, excluding = _path_matcher(tuple(includes)), _path_matcher(tuple(excludes))
+
     def keep(path: str) -> bool:
-        inc = not includes or any(fnmatch.fnmatchcase(path, p) or path.startswith(p + ".") for p in includes)
-        exc = any(fnmatch.fnmatchcase(path, p) or path.startswith(p + ".") for p in excludes)
-        return inc and not exc
+        return (not includes or including(path)) and not (excludes and excluding(path))
 
     def walk(node: dict[str, Any], prefix: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -986,7 +1137,7 @@ def filter_source(source: dict[str, Any], spec: Any) -> dict[str, Any] | None:
 
 
 def fields_option(doc: Doc, spec: Iterable[Any]) -> dict[str, list[Any]]:
-    flat = flatten_source(doc.source)
+    flat = doc.flat()
     out: dict[str, list[Any]] = {}
     for item in spec:
         pattern = item["field"] if isinstance(item, dict) else str(item)
@@ -994,3 +1145,40 @@ def fields_option(doc: Doc, spec: Iterable[Any]) -> dict[str, list[Any]]:
             if fnmatch.fnmatchcase(path, pattern):
                 out[path] = values
     return out
+
+
+# -- field capabilities --------------------------------------------------------------------------------
+def field_caps(indices: list[Index], patterns: list[str], include_unmapped: bool = False) -> dict[str, Any]:
+    """`_field_caps`: per field, per type, where it is searchable/aggregatable (object parents included)."""
+    per_field: dict[str, dict[str, list[str]]] = {}
+    for index in indices:
+        paths = index.field_paths()
+        for path in list(paths):
+            parts = path.split(".")
+            for cut in range(1, len(parts)):
+                paths.setdefault(".".join(parts[:cut]), "object")
+        for path, kind in paths.items():
+            if any(fnmatch.fnmatchcase(path, p) for p in patterns):
+                per_field.setdefault(path, {}).setdefault(kind, []).append(index.name)
+    if include_unmapped:
+        for pattern in patterns:
+            if not any(ch in pattern for ch in "*?") and pattern not in per_field:
+                per_field[pattern] = {"unmapped": [i.name for i in indices]}
+    names = [i.name for i in indices]
+    fields: dict[str, Any] = {}
+    for path, kinds in sorted(per_field.items()):
+        entry: dict[str, Any] = {}
+        mapped = [name for found in kinds.values() for name in found]
+        for kind, where in kinds.items():
+            caps: dict[str, Any] = {
+                "type": kind, "metadata_field": False, "searchable": kind != "object",
+                "aggregatable": kind not in ("text", "match_only_text", "object"),
+            }
+            if len(kinds) > 1 or (include_unmapped and set(mapped) != set(names)):
+                caps["indices"] = sorted(where)
+            entry[kind] = caps
+        if include_unmapped and set(mapped) != set(names) and "unmapped" not in kinds:
+            entry["unmapped"] = {"type": "unmapped", "metadata_field": False, "searchable": False, "aggregatable": False,
+                                 "indices": sorted(set(names) - set(mapped))}
+        fields[path] = entry
+    return {"indices": names, "fields": fields}
