@@ -64,7 +64,8 @@ class ElasticSettings(BaseModel):
     verify: bool = True
     ca_file: Path | None = None
     space: str = "default"
-    events_index: str = "logs-*"
+    events_index: str = "logs-*,winlogbeat-*"
+    profile: Path | None = Field(default=None, description="data profile YAML; default: Winlogbeat / Elastic Agent ECS")
     alert_index: str | None = None
     include_building_blocks: bool = False
     cases_index: str = "siemcrew-cases"
@@ -79,6 +80,7 @@ class ElasticSettings(BaseModel):
     retry_wait_max: float = 10.0
     page_size: int = 1000
     pit_keep_alive: str = "2m"
+    field_caps_ttl: float = 600.0
     http_compress: bool = False
 
     @field_validator("url", mode="before")

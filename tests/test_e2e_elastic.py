@@ -1,8 +1,10 @@
 """End to end against the Elasticsearch + Kibana emulator: the product as an Elastic admin runs it.
 
-The demo's raw Windows events are normalized to ECS by siemcrew and indexed into a `logs-*` index
-with ECS field types over TLS with a private CA; Elastic Security alerts for demo attacks and a
-benign look-alike sit in `.alerts-security.alerts-default`.
+The demo's raw Windows events are indexed the way the Elastic Agent's Windows and System
+integrations index them (Winlogbeat ECS in `logs-windows.sysmon_operational-default`,
+`logs-system.security-default`, ..., with the integrations' mappings), over TLS with a private CA;
+Elastic Security alerts for demo attacks and a benign look-alike sit in
+`.alerts-security.alerts-default`, each a copy of its triggering event's document.
 
 * A Kibana rule webhook to a running `siemcrew serve` opens a case per alert; the verdict goes back
   (workflow status through Kibana's `signals/status`, a Kibana case for the escalated attack, every
@@ -29,22 +31,20 @@ from conftest import EXAMPLES, run_cli
 
 from emulators.e2e_helpers import (
     audit_records,
-    ecs_mappings,
     expected_verdict,
-    nest,
-    scenario_events,
     security_alert,
     serve,
     verdict_class,
     wait_for_case,
     webhook_body,
+    winlogbeat_events,
     write_config,
 )
 from emulators.elastic import ElasticEmulator
+from emulators.winlogbeat import index_mappings
 
 ATTACK, BENIGN, LATER = "demo-2-encoded-powershell", "demo-4-procdump", "demo-3-wmi-powershell-dc"
 UUIDS = {name: secrets.token_hex(32) for name in (ATTACK, BENIGN, LATER)}
-EVENTS_INDEX = "logs-windows-default"
 SERVE_TOKEN = "serve-" + secrets.token_hex(8)
 ALICE_TOKEN = "approver-alice-" + secrets.token_hex(8)
 WEBHOOK_SECRET = "hook-" + secrets.token_hex(8)
@@ -52,14 +52,21 @@ REQUEST_TIMEOUT_S = 1.5
 
 
 @pytest.fixture(scope="module")
-def events() -> list[dict[str, Any]]:
-    return [nest(e) for e in scenario_events(ATTACK, BENIGN, LATER)]
+def events() -> dict[str, tuple[list[str], list[dict[str, Any]]]]:
+    """Data stream -> (ids, documents) of the demo scenarios, as the Elastic Agent indexes them."""
+    streams: dict[str, tuple[list[str], list[dict[str, Any]]]] = {}
+    for stream, doc_id, doc in winlogbeat_events(ATTACK, BENIGN, LATER):
+        ids, docs = streams.setdefault(stream, ([], []))
+        ids.append(doc_id)
+        docs.append(doc)
+    return streams
 
 
 @pytest.fixture
-def elastic(tmp_path: Path, events: list[dict[str, Any]]) -> Iterator[ElasticEmulator]:
+def elastic(tmp_path: Path, events: dict[str, tuple[list[str], list[dict[str, Any]]]]) -> Iterator[ElasticEmulator]:
     with ElasticEmulator(tls=True, cert_dir=tmp_path / "tls", timeout_delay=REQUEST_TIMEOUT_S + 1.0) as emulator:
-        emulator.index(EVENTS_INDEX, events, mappings=ecs_mappings())
+        for stream, (ids, docs) in events.items():
+            emulator.index(stream, docs, ids=ids, mappings=index_mappings())
         yield emulator
 
 

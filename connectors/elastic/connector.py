@@ -1,8 +1,12 @@
 """ElasticConnector: Elastic Security as a `SiemConnector` (elasticsearch-py 9 + Kibana over httpx).
 
 Searches go through the query DSL (`dsl.py`), ES|QL or EQL; large results page with a point in
-time and `search_after`. Alerts come from the Security alerts index; verdicts go back through
-Kibana (alert workflow status, cases) and the whole case is indexed into `siemcrew-cases`.
+time and `search_after`. Queries speak siemcrew's internal ECS and the data profile (`profile.py`,
+Winlogbeat / Elastic Agent ECS by default) places them on the customer's fields; rows come back
+through the same profile (`readback.py`) as the internal rows the local store would give. Searches
+ask only for the fields those rows are rebuilt from, and never read the alerts or cases indices
+(`scope.py`). Alerts come from the Security alerts index; verdicts go back through Kibana (alert
+workflow status, cases) and the whole case is indexed into `siemcrew-cases`.
 
 The client's own retries are switched off (`max_retries=0`): reads and idempotent writes retry
 here with tenacity backoff (honouring Retry-After), other writes look before they retry.
@@ -14,7 +18,7 @@ import json
 import logging
 import re
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from elasticsearch import Elasticsearch, NotFoundError
 
@@ -43,9 +47,13 @@ from siemcrew.connectors.elastic.docs import first, flatten
 from siemcrew.connectors.elastic.dsl import DslDialect
 from siemcrew.connectors.elastic.errors import ElasticCompatibilityError, ElasticRequestError, KibanaError, describe
 from siemcrew.connectors.elastic.esql import esql_for
+from siemcrew.connectors.elastic.fieldcaps import FieldCaps, field_test
 from siemcrew.connectors.elastic.intake import AlertDocError, alert_from_doc
 from siemcrew.connectors.elastic.kibana import KibanaClient
+from siemcrew.connectors.elastic.profile import Profile
+from siemcrew.connectors.elastic.readback import Readback
 from siemcrew.connectors.elastic.retry import call_with_retries
+from siemcrew.connectors.elastic.scope import events_expression
 from siemcrew.crew.models import Alert, Case, TimeRange, canonical_json, sha256_of
 from siemcrew.crew.timeutil import iso
 
@@ -57,15 +65,27 @@ _ESQL_START = re.compile(r"^\s*(from|row|show|ts)\b", re.I)
 _CONSOLE_START = re.compile(r"^\s*(GET|POST|PUT|DELETE|HEAD|PATCH)\s+\S", re.I)
 _LIMIT_TAIL = re.compile(r"^limit\s+(\d+)\s*$", re.I)
 MAX_GROUPS = 10_000  # a group-by over a high-cardinality field stops here (the result says truncated)
+EQL_FIELDS_ONLY = [
+    "hits.total", "hits.events._index", "hits.events._id", "hits.events.fields",
+    "hits.sequences.events._index", "hits.sequences.events._id", "hits.sequences.events.fields",
+]
 
 
 class ElasticConnector:
     name = "elastic"
     language = "dsl"
 
-    def __init__(self, settings: ElasticSettings, client: Elasticsearch | None = None) -> None:
+    def __init__(
+        self, settings: ElasticSettings, client: Elasticsearch | None = None, read_fields: Sequence[str] | None = None,
+    ) -> None:
+        """`read_fields`: the internal fields callers read from rows (default: all the profile knows)."""
         self.settings = settings
-        self.dsl = DslDialect()
+        self.profile = Profile.load(settings.profile)
+        self.readback = Readback(self.profile)
+        self.dsl = DslDialect(profile=self.profile)
+        self.read_fields = list(read_fields) if read_fields else self.profile.default_read_fields()
+        self.source_fields = self.profile.natives_for(self.read_fields)
+        self.field_caps = FieldCaps(self._fetch_field_caps, ttl=settings.field_caps_ttl)
         self._es = client
         self._kibana: dict[str, KibanaClient] = {}
         self._cases_index_ready = False
@@ -125,15 +145,43 @@ class ElasticConnector:
             raise describe(exc, action) from None
 
     # -- searching ----------------------------------------------------------------------------
+    def events_index(self, scope: str | None = None) -> str:
+        """The index expression hunts run on: the configured patterns minus alerts and cases."""
+        return events_expression(scope or self.settings.events_index, self.settings.cases_index)
+
+    def _fetch_field_caps(self, index: str) -> Any:
+        return self._call(
+            "field capabilities", self.es.field_caps, index=index, fields="*", ignore_unavailable=True, allow_no_indices=True,
+        )
+
     def search(self, query: EventQuery) -> SearchResult:
-        index = query.scope or self.settings.events_index
+        index = self.events_index(query.scope)
         body = self.dsl.translate(query, self.settings.page_size)
         if query.group_by:
-            rows, complete = self._group_rows(index, body, query.group_by)
+            natives = self.dsl.group_fields(query.group_by)
+            rows, complete = self._group_rows(index, body, natives)
+            rows = self._internal_groups(rows, query.group_by)
             rows.sort(key=lambda row: -row["count"])
             truncated = not complete or len(rows) > query.limit
             return self._result("dsl", body, len(rows), rows[: query.limit], truncated)
-        return self._hits_result("dsl", index, body, query.limit)
+        body["_source"] = {"includes": self.source_fields}
+        return self._hits_result("dsl", index, body, query.limit, self.readback.internal)
+
+    def native_fields(self, field: str) -> list[str]:
+        """The index fields an internal ECS field is read from under the active profile (for `doctor`)."""
+        return self.profile.native_names(field)
+
+    def _internal_groups(self, rows: list[dict[str, Any]], group_by: list[str]) -> list[dict[str, Any]]:
+        """Native group rows -> internal group rows (groups that read the same internally merge)."""
+        merged: dict[tuple[str, ...], dict[str, Any]] = {}
+        for row in rows:
+            native = {k: v for k, v in row.items() if k != "count" and v is not None}
+            internal = self.readback.internal(native) if native else {}
+            values = {field: internal.get(field) for field in group_by}
+            key = tuple(canonical_json(values.get(field)) for field in group_by)
+            target = merged.setdefault(key, {**values, "count": 0})
+            target["count"] += int(row.get("count") or 0)
+        return list(merged.values())
 
     def _result(self, language: str, query: Any, total: int, events: list[dict[str, Any]], truncated: bool) -> SearchResult:
         text = query if isinstance(query, str) else canonical_json(query)
@@ -141,10 +189,13 @@ class ElasticConnector:
             connector=self.name, language=language, query=text, total=total, events=events, truncated=truncated
         )
 
-    def _hits_result(self, language: str, index: str, body: dict[str, Any], limit: int) -> SearchResult:
+    def _hits_result(
+        self, language: str, index: str, body: dict[str, Any], limit: int,
+        reader: Callable[[dict[str, Any]], dict[str, Any]] = flatten,
+    ) -> SearchResult:
         body = {**body, "size": min(limit, self.settings.page_size)}
         total, hits = self._search_hits(index, body, limit)
-        events = [flatten(hit.get("_source") or {}) for hit in hits]
+        events = [reader(hit.get("_source") or {}) for hit in hits]
         return self._result(language, body, total, events, total > len(events))
 
     def _search_hits(self, index: str, body: dict[str, Any], limit: int) -> tuple[int, list[dict[str, Any]]]:
@@ -215,12 +266,32 @@ class ElasticConnector:
 
     def search_esql(self, query: EventQuery) -> SearchResult:
         """The same hunt as `search`, written in ES|QL (see `esql.py` for its multi-value semantics)."""
-        text = esql_for(query, query.scope or self.settings.events_index)
-        return self._esql(text, None, query.limit, "esql")
+        index = self.events_index(query.scope)
+        exists = self.field_caps.exists(index)
+        text = esql_for(query, index, self.profile, exists, self._columns(exists))
+        result = self._esql(text, None, query.limit, "esql")
+        if query.group_by:
+            rows = self._internal_groups(result.events, query.group_by)
+            rows.sort(key=lambda row: -row["count"])
+            return result.model_copy(update={"events": rows, "total": len(rows)})
+        return result.model_copy(update={"events": [self._row(event) for event in result.events]})
+
+    def _columns(self, exists: Callable[[str], bool]) -> list[str]:
+        """The native columns rows are rebuilt from, that some index has (ES|QL rejects the others)."""
+        return [name for name in self.source_fields if exists(name)]
+
+    def _row(self, columns: dict[str, Any]) -> dict[str, Any]:
+        """An ES|QL row or an EQL `fields` map (flat, nulls for absent) -> the internal row."""
+        present = {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in columns.items() if v not in (None, [])}
+        return self.readback.internal(present)
 
     # -- native queries -----------------------------------------------------------------------
     def run_native(self, query: str, time_range: TimeRange | None = None, limit: int = 200) -> SearchResult:
-        """ES|QL (`FROM ...`), EQL (`process where ...`), a JSON DSL body, or `GET index/_search {...}`."""
+        """ES|QL (`FROM ...`), EQL (`process where ...`), a JSON DSL body, or `GET index/_search {...}`.
+
+        A DSL body or EQL query runs on the default event scope (alerts and cases excluded); ES|QL
+        and console requests name their own indices.
+        """
         text = query.strip()
         if _ESQL_START.match(text):
             return self._esql(text, time_range, limit, "esql")
@@ -229,11 +300,11 @@ class ElasticConnector:
                 body = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise QueryRefused(f"query is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-            return self._dsl(self.settings.events_index, guard.check_dsl(body), time_range, limit, "dsl")
+            return self._dsl(self.events_index(), guard.check_dsl(body), time_range, limit, "dsl")
         if _CONSOLE_START.match(text):
             return self._console(text, time_range, limit)
         if _EQL_START.match(text):
-            return self._eql(self.settings.events_index, text, time_range, limit, "eql")
+            return self._eql(self.events_index(), text, time_range, limit, "eql")
         raise QueryRefused("not a query this connector runs: expected ES|QL (FROM ...), EQL, a JSON DSL body or 'GET index/_search {...}'")
 
     def _time_filter(self, time_range: TimeRange) -> dict[str, Any]:
@@ -271,15 +342,25 @@ class ElasticConnector:
         rows = [dict(zip(columns, values)) for values in answer.get("values") or []]
         return self._result(language, sent, len(rows), rows[:limit], len(rows) >= limit)
 
-    def _eql(self, index: str, text: str, time_range: TimeRange | None, limit: int, language: str) -> SearchResult:
+    def _eql(
+        self, index: str, text: str, time_range: TimeRange | None, limit: int, language: str, fields: list[str] | None = None,
+    ) -> SearchResult:
+        """EQL; with `fields`, only those come back (`fields` + `filter_path`) and rows are read back."""
         kwargs: dict[str, Any] = {"index": index, "query": text, "size": limit}
         if time_range is not None:
             kwargs["filter"] = self._time_filter(time_range)
+        if fields:
+            kwargs["fields"] = fields
+            kwargs["filter_path"] = EQL_FIELDS_ONLY
         answer = self._call("EQL search", self.es.eql.search, **kwargs)
         hits = answer.get("hits") or {}
-        events = [flatten(e.get("_source") or {}) for e in hits.get("events") or []]
+
+        def row(event: dict[str, Any]) -> dict[str, Any]:
+            return self._row(event.get("fields") or {}) if fields else flatten(event.get("_source") or {})
+
+        events = [row(e) for e in hits.get("events") or []]
         for sequence in hits.get("sequences") or []:
-            events.extend(flatten(e.get("_source") or {}) for e in sequence.get("events") or [])
+            events.extend(row(e) for e in sequence.get("events") or [])
         total = int((hits.get("total") or {}).get("value") or len(events))
         return self._result(language, text, total, events[:limit], total > len(events[:limit]))
 
@@ -307,10 +388,27 @@ class ElasticConnector:
         return self._result("dsl", text, len(rows), rows[:limit], len(rows) > limit)
 
     def run_sigma(self, rule_yaml: str, time_range: TimeRange | None = None, limit: int = 200) -> SearchResult:
-        index = self.settings.events_index
+        """A Sigma rule on the events index, converted onto the fields its indices have (`sigma.py`).
+
+        A rule that can only match through fields none of the indices has raises a ConnectorError
+        naming them (the evidence says "could not look", not "nothing found"); so does an ES|QL or
+        EQL conversion that still names a missing field (both languages reject unknown columns).
+        """
+        index = self.events_index()
         language = self.settings.sigma_language
+        available = self.field_caps.fields(index)
+        exists = field_test(available)
+        conversions = sigma.convert_rules(rule_yaml, language, index, available, self.profile)
+        for conversion in conversions:
+            if conversion.unanswerable or (conversion.missing and language != "lucene"):
+                why = "can never match there" if conversion.unanswerable else f"would fail in {language} (unknown columns)"
+                raise ConnectorError(
+                    f"Sigma rule {conversion.title!r} {why}: none of the indices in {index} has "
+                    f"{', '.join(conversion.missing)} (checked with _field_caps)"
+                )
         if language == "lucene":
-            lucene = sigma.lucene_query(rule_yaml)
+            texts = [c.text for c in conversions]
+            lucene = texts[0] if len(texts) == 1 else " OR ".join(f"({text})" for text in texts)
             filters: list[dict[str, Any]] = [{"query_string": {"query": lucene, "analyze_wildcard": True}}]
             if time_range is not None:
                 filters.append(self._time_filter(time_range))
@@ -318,14 +416,17 @@ class ElasticConnector:
                 "query": {"bool": {"filter": filters}},
                 "sort": [{"@timestamp": {"order": "asc", "unmapped_type": "date"}}],
                 "track_total_hits": True,
+                "_source": {"includes": self.source_fields},
             }
-            return self._hits_result("sigma", index, body, limit)
-        texts = sigma.convert(rule_yaml, language, index)
-        if len(texts) != 1:
-            raise ConnectorError(f"run one Sigma rule at a time with {language} (this YAML converts to {len(texts)} queries)")
+            return self._hits_result("sigma", index, body, limit, self.readback.internal)
+        if len(conversions) != 1:
+            raise ConnectorError(f"run one Sigma rule at a time with {language} (this YAML converts to {len(conversions)} queries)")
         if language == "esql":
-            return self._esql(texts[0], time_range, limit, "sigma")
-        return self._eql(index, texts[0], time_range, limit, "sigma")
+            columns = self._columns(exists)
+            text = conversions[0].text + (" | KEEP " + ", ".join(columns) if columns else "")
+            result = self._esql(text, time_range, limit, "sigma")
+            return result.model_copy(update={"events": [self._row(event) for event in result.events]})
+        return self._eql(index, conversions[0].text, time_range, limit, "sigma", fields=self._columns(exists))
 
     # -- alerts in ----------------------------------------------------------------------------
     def fetch_alerts(self, checkpoint: str | None, limit: int = 100) -> AlertBatch:
@@ -347,7 +448,7 @@ class ElasticConnector:
             hits = list(answer["hits"]["hits"])
             for hit in hits:
                 try:
-                    alert = alert_from_doc(hit.get("_source") or {}, hit.get("_index"))
+                    alert = alert_from_doc(hit.get("_source") or {}, hit.get("_index"), self.readback)
                 except AlertDocError as exc:
                     log.warning("skipping unreadable alert %s: %s", hit.get("_id"), exc)
                     continue

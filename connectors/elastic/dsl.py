@@ -2,9 +2,10 @@
 
 The dialect is data: clause templates per field kind (keyword, exact-typed, text), the OR-group and
 NOT wrappers, the time range and the sort. The engine that fills the templates lives once in
-`DslDialect.render`. ECS is Elastic's native schema, so field names pass through unchanged; only the
-field *type* (from `config/mappings/elastic_field_types.yaml`) picks the clause table, because
-Elasticsearch rejects `case_insensitive` and wildcards on numbers, ips and dates.
+`DslDialect.render`. With a data profile (profile.py), internal field names are first translated to
+the customer's native fields (`native.query_node`); without one they pass through unchanged. The
+native field's *type* (from `config/mappings/elastic_field_types.yaml`) picks the clause table,
+because Elasticsearch rejects `case_insensitive` and wildcards on numbers, ips and dates.
 
 String comparisons are case-insensitive, as Sigma's are: `term` / `wildcard` with
 `case_insensitive: true`.
@@ -19,6 +20,8 @@ from typing import Any, ClassVar
 import yaml
 
 from siemcrew.connectors.base import ConnectorError, EventQuery, Filter
+from siemcrew.connectors.elastic.native import And, Const, Leaf, Node, Not, Or, query_node
+from siemcrew.connectors.elastic.profile import Profile
 from siemcrew.crew.timeutil import iso
 
 _TYPES_FILE = Path(__file__).resolve().parent.parent.parent / "config" / "mappings" / "elastic_field_types.yaml"
@@ -75,8 +78,9 @@ class DslDialect:
     group_source_template: ClassVar[Any] = {"{name}": {"terms": {"field": "{field}", "missing_bucket": True}}}
     group_agg_name: ClassVar[str] = "groups"
 
-    def __init__(self, kinds: dict[str, str] | None = None) -> None:
+    def __init__(self, kinds: dict[str, str] | None = None, profile: Profile | None = None) -> None:
         self.kinds = field_kinds() if kinds is None else kinds
+        self.profile = profile
 
     # -- engine -----------------------------------------------------------------------------
     @staticmethod
@@ -129,7 +133,41 @@ class DslDialect:
         plain = self.clause(flt)
         return self.render(self.not_template, clause=plain) if flt.negate else plain
 
+    def node(self, node: Node) -> dict[str, Any]:
+        """A native boolean tree (native.py) as query DSL."""
+        if isinstance(node, Leaf):
+            return self.negatable(node.filter)
+        if isinstance(node, Const):
+            return {"match_all": {}} if node.value else {"match_none": {}}
+        if isinstance(node, Not):
+            return {"bool": {"must_not": [self.node(node.child)]}}
+        if isinstance(node, Or):
+            return self.render(self.any_of_template, clauses=[self.node(child) for child in node.children])
+        return self._conjunction(list(node.children))
+
+    def _conjunction(self, children: list[Node], extra: list[Any] | None = None) -> dict[str, Any]:
+        must: list[Any] = []
+        must_not: list[Any] = []
+        for child in children:
+            if isinstance(child, Not):
+                must_not.append(self.node(child.child))
+            elif isinstance(child, Leaf) and child.filter.negate:
+                must_not.append(self.clause(child.filter))
+            else:
+                must.append(self.node(child))
+        must.extend(extra or [])
+        boolean: dict[str, Any] = {}
+        if must:
+            boolean["filter"] = must
+        if must_not:
+            boolean["must_not"] = must_not
+        return {"bool": boolean} if boolean else {"match_all": {}}
+
     def bool_query(self, query: EventQuery) -> dict[str, Any]:
+        if self.profile is not None:
+            root = query_node(query, self.profile)
+            children = list(root.children) if isinstance(root, And) else [] if root == Const(True) else [root]
+            return self._conjunction(children, [self.time_clause(query)] if query.time_range else [])
         must: list[Any] = []
         must_not: list[Any] = []
         for flt in query.filters:
@@ -157,12 +195,19 @@ class DslDialect:
             end=iso(query.time_range.end),
         )
 
+    def group_fields(self, group_by: list[str]) -> list[str]:
+        """The native fields a group-by reads: the internal ones, or what the profile rebuilds them from."""
+        if self.profile is None:
+            return list(group_by)
+        return self.profile.group_natives(group_by)
+
     def translate(self, query: EventQuery, page_size: int | None = None) -> dict[str, Any]:
         """The search body; hits are sized `min(limit, page_size)`, groups page `page_size` at a time."""
         size = min(query.limit, page_size or query.limit)
         body: dict[str, Any] = {"query": self.bool_query(query)}
         if query.group_by:
-            sources = [self.render(self.group_source_template, name=f"g{i}", field=f) for i, f in enumerate(query.group_by)]
+            fields = self.group_fields(query.group_by)
+            sources = [self.render(self.group_source_template, name=f"g{i}", field=f) for i, f in enumerate(fields)]
             body.update(size=0, track_total_hits=True)
             body["aggs"] = {self.group_agg_name: {"composite": {"size": page_size or 1000, "sources": sources}}}
             return body

@@ -4,7 +4,8 @@ An alert document keeps `kibana.*` as flat dotted keys and the source event's EC
 objects; a webhook renders everything nested. Both are read through `docs.get_path`. The `event`
 of the Alert is the *source* event: ECS fields without `kibana.*`, with `kibana.alert.original_event.*`
 restored over `event.*` (the alert overwrites `event.kind` with "signal") and `@timestamp` set to
-the original event time.
+the original event time, read back through the data profile (readback.py) into internal ECS, so
+that an alert on a Winlogbeat event names the same entities a hunt on that event finds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from siemcrew.connectors.base import ConnectorError
 from siemcrew.connectors.elastic.docs import all_values, first, flatten, get_path
+from siemcrew.connectors.elastic.profile import Profile
+from siemcrew.connectors.elastic.readback import Readback
 from siemcrew.crew.models import Alert, Entities, ProcessRef
 
 UUID = "kibana.alert.uuid"
@@ -61,6 +64,10 @@ def _mitre(doc: dict[str, Any]) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(techniques)), list(dict.fromkeys(tactics))
 
 
+def default_readback() -> Readback:
+    return Readback(Profile.load())
+
+
 def source_event(doc: dict[str, Any]) -> dict[str, Any]:
     """The flattened source-event ECS fields of an alert (no kibana.*, original event restored)."""
     flat = flatten(doc)
@@ -98,8 +105,12 @@ def _float(value: Any) -> float | None:
         return None
 
 
-def alert_from_doc(doc: dict[str, Any], index: str | None = None) -> Alert:
-    """One alert document (`_source`, or a webhook alert object) -> Alert; `raw` keeps it (+ `_index`)."""
+def alert_from_doc(doc: dict[str, Any], index: str | None = None, readback: Readback | None = None) -> Alert:
+    """One alert document (`_source`, or a webhook alert object) -> Alert; `raw` keeps it (+ `_index`).
+
+    The event and the entities are those of the source event in internal ECS (`readback`, by
+    default through the built-in profile).
+    """
     if not isinstance(doc, dict):
         raise AlertDocError(f"an alert must be a JSON object, got {type(doc).__name__}")
     uuid = first(doc, UUID) or doc.get("_id")
@@ -112,10 +123,11 @@ def alert_from_doc(doc: dict[str, Any], index: str | None = None) -> Alert:
     raw = dict(doc)
     if index and "_index" not in raw:
         raw["_index"] = index
-    event = source_event(doc)
+    event = (readback or default_readback()).internal(source_event(doc))
     agent_id = first(doc, "agent.id")
     if agent_id:
         event["agent.id"] = agent_id
+    windows = bool(event.get("winlog.channel"))
     try:
         return Alert(
             id=str(uuid),
@@ -132,14 +144,14 @@ def alert_from_doc(doc: dict[str, Any], index: str | None = None) -> Alert:
             tactics=tactics,
             tags=[str(t) for t in all_values(doc, "kibana.alert.rule.tags")],
             entities=Entities(
-                hosts=[str(h) for h in all_values(doc, "host.name")],
-                users=_users(doc),
-                processes=[str(p) for p in all_values(doc, "process.executable")],
-                ips=[str(i) for i in all_values(doc, "source.ip", "destination.ip")],
-                hashes=[str(h) for h in all_values(doc, "process.hash.sha256", "process.hash.md5", "file.hash.sha256")],
-                files=[str(f) for f in all_values(doc, "file.path")],
+                hosts=[str(h) for h in all_values(event if windows else doc, "host.hostname" if windows else "host.name")],
+                users=_users(event),
+                processes=[str(p) for p in all_values(event, "process.executable")],
+                ips=[str(i) for i in all_values(event, "source.ip", "destination.ip")],
+                hashes=[str(h) for h in all_values(event, "process.hash.sha256", "process.hash.md5", "file.hash.sha256")],
+                files=[str(f) for f in all_values(event, "file.path")],
             ),
-            process=_process(doc),
+            process=_process(event),
             event=event,
             raw=raw,
         )
@@ -181,7 +193,7 @@ class WebhookBody(BaseModel):
         return None if value in ("", None) else value
 
 
-def alerts_from_webhook(body: dict[str, Any]) -> list[Alert]:
+def alerts_from_webhook(body: dict[str, Any], readback: Readback | None = None) -> list[Alert]:
     """Validate a webhook body and normalize its alerts (deduplicated by uuid, order kept)."""
     try:
         payload = WebhookBody.model_validate(body)
@@ -191,7 +203,7 @@ def alerts_from_webhook(body: dict[str, Any]) -> list[Alert]:
     alerts: dict[str, Alert] = {}
     for number, doc in enumerate(payload.alerts):
         try:
-            alert = alert_from_doc(doc, doc.get("_index"))
+            alert = alert_from_doc(doc, doc.get("_index"), readback)
         except AlertDocError as exc:
             raise AlertDocError(f"invalid Kibana webhook body: alerts[{number}]: {exc}") from None
         if payload.results_link and not alert.link:

@@ -2,7 +2,8 @@
 
 Demo data goes in the way each SIEM would hold it: raw Windows events become Splunk events as the
 Splunk add-ons for Windows and Sysmon index them (`splunk_ta.py`, written from the vendors'
-definitions), or are normalized to ECS by the product's own normalizer for Elasticsearch documents.
+definitions), or Elasticsearch documents as Winlogbeat / the Elastic Agent index them
+(`winlogbeat.py`, likewise written from the vendors' ingest pipelines).
 Alerts are built from the demo's alert files in the shape each SIEM hands them out: ES notables, alert-action result rows, Elastic Security alert documents. The
 `siemcrew serve` process helper starts the real service and waits for it.
 """
@@ -151,52 +152,38 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def winlogbeat_events(*names: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """The named demo scenarios' events as the Elastic Agent indexes them: (data stream, id, document)."""
+    import hashlib
+
+    from emulators.winlogbeat import winlogbeat_document
+
+    out = []
+    for raw in scenario_raw_events(*names):
+        stream, doc = winlogbeat_document(raw)
+        out.append((stream, hashlib.sha1(json.dumps(raw, sort_keys=True).encode()).hexdigest(), doc))
+    return out
+
+
 def security_alert(name: str, uuid: str, detected_after_s: float = 60.0) -> dict[str, Any]:
-    """An Elastic Security alert document for a demo alert: the source event's ECS fields (nested)
-    plus `kibana.alert.*` as flat keys, like the alerts index stores them. `@timestamp` is when the
-    rule detected it, `kibana.alert.original_time` when the event happened."""
+    """An Elastic Security alert document for a demo alert: the detection engine's copy of the
+    triggering event as the Agent indexed it (found by record id and host), its `kibana.alert.*`
+    keys, and the rule's ATT&CK mapping from the demo alert's techniques."""
+    from emulators.elastic_security import Rule, detection_alert, threat_from_tags
+
     alert = demo_alert(name)
-    reference = json.loads(WEBHOOK_PAYLOAD.read_text(encoding="utf-8"))["alerts"][0]
-    doc = nest({k: v for k, v in alert["event"].items() if k != "@timestamp"})
-    detected = shifted(alert["timestamp"], detected_after_s)
-    threat = copy.deepcopy(reference["kibana"]["alert"]["rule"]["threat"])
-    if alert.get("techniques"):
-        technique = alert["techniques"][0]
-        threat[0]["technique"] = [{"id": technique.split(".")[0], "name": technique, "reference": "",
-                                   "subtechnique": [{"id": technique, "name": technique, "reference": ""}]
-                                   if "." in technique else []}]
-    doc.update({
-        "@timestamp": detected,
-        "kibana.alert.uuid": uuid,
-        "kibana.alert.status": "active",
-        "kibana.alert.workflow_status": "open",
-        "kibana.alert.severity": alert.get("severity", "medium"),
-        "kibana.alert.risk_score": alert.get("risk_score") or 73,
-        "kibana.alert.reason": alert.get("description", ""),
-        "kibana.alert.original_time": alert["timestamp"],
-        "kibana.alert.start": detected,
-        "kibana.alert.last_detected": detected,
-        "kibana.alert.rule.uuid": f"rule-{name}",
-        "kibana.alert.rule.name": alert["rule_name"],
-        "kibana.alert.rule.description": alert.get("description", ""),
-        "kibana.alert.rule.severity": alert.get("severity", "medium"),
-        "kibana.alert.rule.risk_score": 73,
-        "kibana.alert.rule.tags": alert.get("tags") or [],
-        "kibana.alert.rule.threat": threat,
-        "kibana.alert.original_event.kind": "event",
-        "kibana.alert.original_event.code": (alert.get("event") or {}).get("event.code"),
-        "kibana.space_ids": ["default"],
-        "event": {**doc.get("event", {}), "kind": "signal"},
-    })
-    return doc
-
-
-def ecs_mappings() -> dict[str, Any]:
-    """Index mappings for the typed ECS fields (as an ECS index template gives them); the rest is dynamic."""
-    data = yaml.safe_load((REPO / "config" / "mappings" / "elastic_field_types.yaml").read_text(encoding="utf-8"))
-    properties = {name: {"type": kind} for kind, names in (data.get("exact") or {}).items() for name in names}
-    properties.update({name: {"type": "text"} for name in data.get("text") or []})
-    return {"properties": properties}
+    record, host = str(alert["event"].get("winlog.record_id")), str(alert["event"].get("host.name"))
+    stream, doc_id, doc = next(
+        (s, i, d) for s, i, d in winlogbeat_events(name)
+        if d["winlog"].get("record_id") == record and d["winlog"].get("computer_name") == host
+    )
+    rule = Rule(
+        name=alert["rule_name"], rule_id=alert.get("rule_id") or f"rule-{name}", uuid=f"rule-{name}",
+        severity=alert.get("severity", "medium"), risk_score=alert.get("risk_score") or 73,
+        description=alert.get("description", ""), tags=alert.get("tags") or [],
+        threat=threat_from_tags([f"attack.{t}" for t in alert.get("techniques") or []] + list(alert.get("tags") or [])),
+    )
+    return detection_alert(doc, stream, doc_id, uuid, rule, detected_after_s)
 
 
 def webhook_body(docs: list[dict[str, Any]]) -> dict[str, Any]:
