@@ -7,7 +7,7 @@ Elastic Agent ECS data streams, Elastic Security alerts), its alerts are investi
 (`siemcrew eval`). Target: the same verdict for >= 95% of alerts on each path, the quality figures
 within 0.05. Writes benchmarks/results/parity.json.
 
-    python benchmarks/parity.py [--dataset DIR ...] [--path splunk --path elastic] [--only PREFIX] [--jobs N]
+    python benchmarks/parity.py [--dataset DIR ...] [--path splunk --path elastic] [--only PREFIX] [--jobs N] [--out FILE]
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="only recordings whose name starts with this")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--rules", type=Path, default=None, help="Sigma rules (default: DIR/../detection-content/sigma)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     _prepare()
     from emulators import parity
@@ -86,14 +87,14 @@ def main() -> None:
         for difference in report["paths"][path]["differences"]:
             row = merged["local"].rows[difference["alert"]]
             difference.update(recording=row.get("dataset"), rule=row.get("rule_title"), host=row.get("host"))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     for path in paths:
         figures = report["paths"][path]
         worst = max(q["delta"] for q in figures["quality"].values())
         print(f"{path}: same verdict {figures['same_verdict']:.3f} of {figures['alerts']} alerts, "
               f"largest quality difference {worst:.3f}, errors {len(figures['errors'])}")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -225,14 +225,14 @@ class _SearchParser:
             parts.append(self.or_expr())
         if not parts:
             return lambda row: True
-        return lambda row: all(p(row) for p in parts)
+        return _tagged(lambda row: all(p(row) for p in parts), parts=parts)
 
     def or_expr(self) -> Pred:
         parts = [self.not_expr()]
         while self.is_kw("OR"):
             self.take()
             parts.append(self.not_expr())
-        return parts[0] if len(parts) == 1 else (lambda row: any(p(row) for p in parts))
+        return parts[0] if len(parts) == 1 else _tagged(lambda row: any(p(row) for p in parts), alternatives=parts)
 
     def not_expr(self) -> Pred:
         if self.is_kw("NOT"):
@@ -269,7 +269,8 @@ class _SearchParser:
                 items.append(item.text)
             pats = [pattern(item) for item in items]
             name = tok.text
-            return lambda row: any(p.fullmatch(_as_text(v)) for v in field_values(row, name) for p in pats)
+            return _tagged(lambda row: any(p.fullmatch(_as_text(v)) for v in field_values(row, name) for p in pats),
+                           match=(name, pats))
         if tok.kind in ("word", "str"):
             term = pattern(tok.text)
             return lambda row: _term_match(row, term)
@@ -286,9 +287,18 @@ class _SearchParser:
                 return lambda row: any(pat.fullmatch(_as_text(v)) and not _as_text(v).startswith("_")
                                        for v in field_values(row, name))
             if op == "=":
-                return lambda row: any(pat.fullmatch(_as_text(v)) for v in field_values(row, name))
+                return _tagged(lambda row: any(pat.fullmatch(_as_text(v)) for v in field_values(row, name)),
+                               match=(name, [pat]))
             return lambda row: bool(field_values(row, name)) and not any(pat.fullmatch(_as_text(v)) for v in field_values(row, name))
         return lambda row: any(compare(v, op, raw) for v in field_values(row, name))
+
+
+def _tagged(pred: Pred, **tags: Any) -> Pred:
+    """A predicate that also says what it is (an AND's parts, a field's patterns), so the engine can
+    narrow the events through its field indexes before testing each one."""
+    for key, value in tags.items():
+        setattr(pred, key, value)
+    return pred
 
 
 def _term_match(row: Row, term: re.Pattern[str]) -> bool:
@@ -555,11 +565,53 @@ TRANSFORMING = {"stats"}
 
 
 # -- the engine -------------------------------------------------------------------------------
+INDEXED_MAX_VALUES = 2000  # a field with more distinct values is not worth an index
+
+
 @dataclass
 class SplEngine:
     events: list[Row]
     macros: dict[str, str] = field(default_factory=dict)
     commands: dict[str, Command] = field(default_factory=dict)
+    _indexes: dict[str, tuple[int, dict[str, list[int]] | None]] = field(default_factory=dict, repr=False)
+
+    def _index(self, name: str) -> dict[str, list[int]] | None:
+        """Event positions by the text of one field (None: too many distinct values); rebuilt when
+        events are added."""
+        cached = self._indexes.get(name)
+        if cached is not None and cached[0] == len(self.events):
+            return cached[1]
+        index: dict[str, list[int]] | None = {}
+        for position, event in enumerate(self.events):
+            for value in field_values(event, name):
+                index.setdefault(_as_text(value), []).append(position)  # type: ignore[union-attr]
+            if len(index) > INDEXED_MAX_VALUES:  # type: ignore[arg-type]
+                index = None
+                break
+        self._indexes[name] = (len(self.events), index)
+        return index
+
+    def candidates(self, pred: Pred) -> list[Row]:
+        """The events that can satisfy the search, in their original order: narrowed through the
+        indexed equalities (an event without the field cannot match one), then tested one by one."""
+        positions = self._positions(pred)
+        return self.events if positions is None else [self.events[p] for p in sorted(positions)]
+
+    def _positions(self, pred: Pred) -> set[int] | None:
+        """A superset of the positions of the events `pred` can match (None: any event)."""
+        match = getattr(pred, "match", None)
+        if match is not None:
+            index = None if match[0] == "index" else self._index(match[0])  # `index=*` has its own rule
+            if index is None:
+                return None
+            return {p for text, found in index.items() if any(pat.fullmatch(text) for pat in match[1]) for p in found}
+        if hasattr(pred, "parts"):  # AND: every part's events
+            narrowed = [found for found in map(self._positions, pred.parts) if found is not None]
+            return set.intersection(*narrowed) if narrowed else None
+        if hasattr(pred, "alternatives"):  # OR: any alternative's events, if each one narrows
+            found = [self._positions(part) for part in pred.alternatives]
+            return None if any(f is None for f in found) else set().union(*found)
+        return None
 
     def expand(self, spl: str) -> str:
         def replace(match: re.Match[str]) -> str:
@@ -607,7 +659,7 @@ class SplEngine:
             start = parse_time_arg(expr.earliest or earliest, now)
             end = parse_time_arg(expr.latest or latest, now)
             rows = [
-                dict(event) for event in self.events
+                dict(event) for event in self.candidates(expr.pred)
                 if (start is None or event["_time"] >= start) and (end is None or event["_time"] < end) and expr.pred(event)
             ]
             rows.sort(key=lambda row: row["_time"], reverse=True)
