@@ -199,6 +199,9 @@ def notable_id(*key: str) -> str:
     return f"{str(uuid.uuid5(uuid.NAMESPACE_URL, text)).upper()}@@notable@@{hashlib.md5(text.encode()).hexdigest()}"
 
 
+PROCESS_IMAGES = ("Image", "SourceImage", "NewProcessName", "ProcessName", "Application")
+
+
 def triggering_event(row: Mapping[str, str], events: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The indexed event a labelled alert row names: its host, channel/event id, first time and image."""
     channel, _, code = str(row.get("sample_event", "")).rpartition("/")
@@ -211,7 +214,8 @@ def triggering_event(row: Mapping[str, str], events: Sequence[Mapping[str, Any]]
         return None
 
     def distance(event: Mapping[str, Any]) -> tuple[int, float]:
-        names_image = image and any(str(v).lower() == image for v in event.values() if isinstance(v, str))
+        # the row's image is the acting process's (Sysmon 8/10: the source, not the target)
+        names_image = image and any(str(event.get(name, "")).lower() == image for name in PROCESS_IMAGES)
         return (0 if names_image else 1, abs(float(event["_time"]) - first.timestamp()) if first else 0.0)
 
     return min(candidates, key=distance)
