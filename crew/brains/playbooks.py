@@ -104,10 +104,7 @@ def hunt_plan(ctx: InvestigationContext) -> list[Call]:
         calls.append(("sigma_hunt", {"techniques": techniques, "host": host}))
     calls += entity_pivots(ctx)
     assessment = Reasoner(ctx.case, ctx.runtime.inventory).assess()
-    if assessment.verdict != "benign":  # what the verifier and the impact stage will need, asked for now
-        linked = [f"host:{h}" for h in assessment.candidate_hosts] + [f"ip:{i}" for i in assessment.candidate_ips]
-        for hint in linked:
-            calls += _gap_calls(ctx, hint)
+    if assessment.verdict != "benign":  # what the impact stage will need, asked for now
         calls += _destination_prevalence(ctx, assessment)
     for hint in ctx.gaps:
         calls += _gap_calls(ctx, hint)
