@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from emulators import parity_hunts
 from emulators.elastic import elastic_settings
 from emulators.local_data import SIGMA, labelled_alerts, recording
 from emulators.otrf_elastic import RecordingInElastic, alert_uuid, elastic_with_recording
@@ -53,37 +54,17 @@ def elastic(recorded: RecordingInElastic) -> Iterator[ElasticConnector]:
         connector.close()
 
 
-def keys(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    return sorted(tuple(str(row.get(f)) for f in KEY_FIELDS) for row in rows)
-
-
 @pytest.fixture(scope="module")
 def lsass_access(local: LocalConnector) -> dict[str, Any]:
-    """The labelled attack event: PowerShell opening LSASS (Sysmon 10), read from the local store."""
-    row = labelled_alerts(DATASET)[0]
-    found = local.search(EventQuery(filters=[Filter(field="host.hostname", value=row["host"]),
-                                             Filter(field="event.code", value="10"),
-                                             Filter(field="target.process.executable", op="endswith", value="\\lsass.exe"),
-                                             Filter(field="process.executable", value=row["sample_image"])],
-                                    time_range=WINDOW, limit=10))
-    assert found.total >= 1
-    return found.events[0]
+    return parity_hunts.lsass_access(local, DATASET, WINDOW)
+
+
+def keys(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    return parity_hunts.keys(rows, KEY_FIELDS)
 
 
 def hunts(event: dict[str, Any]) -> list[list[Filter]]:
-    """What the tools ask around an alert: the host's events of a kind, the process, its session, its children."""
-    host = Filter(field="host.hostname", value=event["host.hostname"])
-    return [
-        [host, Filter(field="event.code", value="4688")],
-        [host, Filter(field="event.code", op="in", value=["1", "10", "4656"])],
-        [Filter(field="process.entity_id", value=event["process.entity_id"])],
-        [Filter(field="process.pid", value=event["process.pid"]), host],
-        [Filter(field="process.parent.pid", value=event["process.pid"]), host],
-        [Filter(field="logon.id", value="0x2ba622")],
-        [host, Filter(field="network.direction", value="outbound")],
-        [Filter(field="user.name", value="pgustavo"), Filter(field="event.code", op="in", value=["4656", "4663", "4688"])],
-        [host, Filter(field="event.code", value="4624"), Filter(field="logon.type", value="3", negate=True)],
-    ]
+    return [*parity_hunts.hunts(event), [Filter(field="user.name", value="pgustavo"), Filter(field="event.code", op="in", value=["4656", "4663", "4688"])]]
 
 
 def test_hunts_return_the_events_the_local_store_returns(local: LocalConnector, elastic: ElasticConnector,
