@@ -49,7 +49,8 @@ def recorded() -> Iterator[RecordingInElastic]:
 @pytest.fixture(scope="module")
 def elastic(recorded: RecordingInElastic) -> Iterator[ElasticConnector]:
     with pytest.MonkeyPatch.context() as patch:
-        connector = ElasticConnector(elastic_settings(recorded.emulator, patch, page_size=500))
+        # a whole recording: the emulator answers ES|QL slower than the fault tests' 5 s on a loaded machine
+        connector = ElasticConnector(elastic_settings(recorded.emulator, patch, page_size=500, request_timeout=60.0))
         yield connector
         connector.close()
 
