@@ -44,6 +44,7 @@ from emulators.elastic_store import (
     field_caps,
     fields_option,
     filter_source,
+    in_time,
     matches,
     parse_sort,
     SortKey,
@@ -503,7 +504,7 @@ class ElasticEmulator:
                 indices = self.store.resolve(index, params.get("ignore_unavailable") == "true")
                 docs = [doc for idx in indices for doc in idx.docs.values()]
             query = body.get("query") or {"match_all": {}}
-            matched = [doc for doc in docs if matches(query, doc)]
+            matched = [doc for doc in in_time(docs, query) if matches(query, doc)]
             shown = [doc for doc in matched if matches(body["post_filter"], doc)] if body.get("post_filter") else matched
             size = int(params.get("size", body.get("size", 10)))
             start = int(params.get("from", body.get("from", 0)))
@@ -556,7 +557,7 @@ class ElasticEmulator:
         with self.store.lock:
             indices = self.store.resolve(index, params.get("ignore_unavailable") == "true")
             query = body.get("query") or {"match_all": {}}
-            count = sum(1 for idx in indices for doc in idx.docs.values() if matches(query, doc))
+            count = sum(1 for doc in in_time([d for idx in indices for d in idx.docs.values()], query) if matches(query, doc))
         return {"count": count, "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0}}
 
     def _open_pit(self, index: str, params: dict[str, str]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from emulators.elastic_store import (
     EsError,
     Index,
     flatten_source,
+    in_time,
     infer_type,
     iso_ms,
     matches,
@@ -618,7 +619,7 @@ def run_esql(store: Any, query: str, dsl_filter: dict[str, Any] | None) -> EsqlR
                 raise verification(query, rest_offset + 1, f"Unknown index [{pattern.strip()}]") from None
             docs = [doc for index in indices for doc in index.docs.values()]
             if dsl_filter:
-                docs = [doc for doc in docs if matches(dsl_filter, doc)]
+                docs = [doc for doc in in_time(docs, dsl_filter) if matches(dsl_filter, doc)]
             columns, rows = _source_table(indices, metadata, docs)
             continue
         tokens = lex(rest, rest_offset)
@@ -829,7 +830,7 @@ def run_eql(indices: list[Index], query: str, dsl_filter: dict[str, Any] | None,
     _expect_end(query, parser)
     docs = [doc for index in indices for doc in index.docs.values()]
     if dsl_filter:
-        docs = [doc for doc in docs if matches(dsl_filter, doc)]
+        docs = [doc for doc in in_time(docs, dsl_filter) if matches(dsl_filter, doc)]
     columns: dict[str, str] = {}
     for index in indices:
         columns.update({path: "keyword" for path, kind in index.field_paths().items() if kind != "object"})

@@ -202,6 +202,7 @@ class Doc:
     seq_no: int
     version: int = 1
     _flat: dict[str, list[Any]] | None = field(default=None, repr=False, compare=False)
+    _times: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
 
     @property
     def shard_doc(self) -> int:
@@ -215,6 +216,12 @@ class Doc:
 
     def values(self, path: str) -> list[Any]:
         return self.flat().get(path, [])
+
+    def times_ms(self) -> tuple[int, ...]:
+        """`@timestamp` as epoch milliseconds (cached: documents are never changed in place)."""
+        if self._times is None:
+            self._times = tuple(t for t in (_doc_value("date", v) for v in self.values("@timestamp")) if t is not None)
+        return self._times
 
 
 @dataclass
@@ -501,6 +508,53 @@ def _field_spec(name: str, body: Any, value_key: str = "value") -> tuple[str, An
 
 def matches(query: Any, doc: Doc) -> bool:
     return compiled(query)(doc)
+
+
+def time_window(query: Any) -> tuple[int | None, int | None] | None:
+    """The `@timestamp` bounds (epoch ms, inclusive) a query requires at its top level, if any."""
+    if isinstance(query, dict) and "range" in query:
+        query = {"bool": {"filter": [query]}}
+    if not isinstance(query, dict) or not isinstance(query.get("bool"), dict):
+        return None
+    body = query["bool"]
+    low: int | None = None
+    high: int | None = None
+    found = False
+    for key in ("filter", "must"):
+        items = body.get(key) or []
+        for item in items if isinstance(items, list) else [items]:
+            spec = (item.get("range") or {}).get("@timestamp") if isinstance(item, dict) else None
+            if not isinstance(spec, dict) or set(spec) - {"gte", "gt", "lte", "lt", "format"}:
+                continue
+            try:
+                lows = [_coerce("date", spec[op], "@timestamp") for op in ("gte", "gt") if spec.get(op) is not None]
+                highs = [_coerce("date", spec[op], "@timestamp") for op in ("lte", "lt") if spec.get(op) is not None]
+            except EsError:
+                return None  # the query itself reports it
+            found = True
+            low = max([b for b in [low, *lows] if b is not None], default=None)
+            high = min([b for b in [high, *highs] if b is not None], default=None)
+    return (low, high) if found else None
+
+
+def in_time(docs: Iterable[Doc], query: Any) -> list[Doc]:
+    """The documents a query's top-level `@timestamp` range lets through (order kept), checked on
+    cached times before the query itself is evaluated on them: an optimisation with the same answer,
+    since a date range only matches documents with a time in it (others index `@timestamp` otherwise
+    and are always kept)."""
+    window = time_window(query)
+    if window is None:
+        return list(docs)
+    low, high = window
+    dated: dict[str, bool] = {}
+    out = []
+    for doc in docs:
+        name = doc.index.name
+        if name not in dated:
+            dated[name] = doc.index.field_type("@timestamp") in ("date", "date_nanos")
+        if not dated[name] or any((low is None or t >= low) and (high is None or t <= high) for t in doc.times_ms()):
+            out.append(doc)
+    return out
 
 
 _COMPILED: dict[int, tuple[Any, Any]] = {}
