@@ -156,12 +156,7 @@ class DslDialect:
             else:
                 must.append(self.node(child))
         must.extend(extra or [])
-        boolean: dict[str, Any] = {}
-        if must:
-            boolean["filter"] = must
-        if must_not:
-            boolean["must_not"] = must_not
-        return {"bool": boolean} if boolean else {"match_all": {}}
+        return _bool(must, must_not)
 
     def bool_query(self, query: EventQuery) -> dict[str, Any]:
         if self.profile is not None:
@@ -179,12 +174,7 @@ class DslDialect:
             must.append(self.clause(Filter(field="event.category", op="in", value=query.categories)))
         if query.time_range:
             must.append(self.time_clause(query))
-        boolean: dict[str, Any] = {}
-        if must:
-            boolean["filter"] = must
-        if must_not:
-            boolean["must_not"] = must_not
-        return {"bool": boolean} if boolean else {"match_all": {}}
+        return _bool(must, must_not)
 
     def time_clause(self, query: EventQuery) -> dict[str, Any]:
         assert query.time_range is not None
@@ -217,3 +207,13 @@ class DslDialect:
             sort=self.render(self.sort_template, ts=self.timestamp_field, order=query.order),
         )
         return body
+
+
+def _bool(must: list[Any], must_not: list[Any]) -> dict[str, Any]:
+    """A bool query of filter and must_not clauses; no clause at all matches everything."""
+    boolean: dict[str, Any] = {}
+    if must:
+        boolean["filter"] = must
+    if must_not:
+        boolean["must_not"] = must_not
+    return {"bool": boolean} if boolean else {"match_all": {}}

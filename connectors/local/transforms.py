@@ -58,7 +58,7 @@ def basename(value: Any) -> str | None:
 
 
 def short_host(value: Any) -> str | None:
-    """`WORKSTATION6.theshire.local` -> `WORKSTATION6` (the name the lab and alerts use)."""
+    """`WS-01.corp.example` -> `WS-01`: the short name alerts and inventories use."""
     text = str(value).strip()
     return text.split(".", 1)[0].upper() or None
 

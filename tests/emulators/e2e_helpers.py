@@ -102,18 +102,20 @@ def notable(name: str, event_id: str, delay_s: float = 45.0) -> dict[str, Any]:
         "owner": "unassigned",
         "dest": event.get("host.name") or alert["entities"]["hosts"][0],
         "user": (alert["entities"].get("users") or [None])[0],
-        "process_path": proc.get("executable"),
-        "process": proc.get("command_line"),
-        "process_id": proc.get("pid"),
-        "parent_process_path": proc.get("parent_executable"),
-        "parent_process": proc.get("parent_command_line"),
-        "parent_process_id": proc.get("parent_pid"),
+        **_process_fields(proc),
         "EventCode": event.get("event.code"),
         "annotations.mitre_attack": alert.get("techniques") or [],
         "orig_time": alert["timestamp"],
         "drilldown_search": f'index=wineventlog dest="{event.get("host.name", "")}"',
     }
     return {key: value for key, value in row.items() if value not in (None, "", [])}
+
+
+def _process_fields(proc: dict[str, Any]) -> dict[str, Any]:
+    """A demo alert's process as the CIM process fields of a Splunk row."""
+    return {"process_path": proc.get("executable"), "process": proc.get("command_line"), "process_id": proc.get("pid"),
+            "parent_process_path": proc.get("parent_executable"), "parent_process": proc.get("parent_command_line"),
+            "parent_process_id": proc.get("parent_pid")}
 
 
 def action_rows(name: str) -> list[dict[str, Any]]:
@@ -125,12 +127,7 @@ def action_rows(name: str) -> list[dict[str, Any]]:
         "_time": alert["timestamp"],
         "dest": event.get("host.name"),
         "user": (alert["entities"].get("users") or [None])[0],
-        "process_path": proc.get("executable"),
-        "process": proc.get("command_line"),
-        "process_id": proc.get("pid"),
-        "parent_process_path": proc.get("parent_executable"),
-        "parent_process": proc.get("parent_command_line"),
-        "parent_process_id": proc.get("parent_pid"),
+        **_process_fields(proc),
         "EventCode": event.get("event.code"),
         "tag": list(event.get("event.category") or []),
     }
