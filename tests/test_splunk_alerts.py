@@ -92,7 +92,17 @@ def test_a_notable_keeps_the_time_of_its_triggering_event() -> None:
     """ES stamps a notable when its search ran (`_time`); `orig_time` is when the triggering event happened."""
     alert = alert_from_notable({**sample_notables()[0], "orig_time": T0 - 45})
     assert alert.timestamp.timestamp() == T0 + 7 and alert.first_seen.timestamp() == T0 - 45
+    assert alert.last_seen == alert.first_seen  # one event: the search's run time bounds nothing
     assert alert_from_notable(sample_notables()[0]).first_seen is None
+
+
+def test_an_aggregating_notable_spans_its_first_and_last_events() -> None:
+    """security_content searches name their span in firstTime/lastTime (epoch or ctime text); the alert's
+    own events are looked for in that span, not up to when the correlation search ran."""
+    alert = alert_from_notable({**sample_notables()[0], "orig_time": T0 - 45,
+                                "firstTime": "2020-09-04T07:09:12", "lastTime": str(T0 - 30)})
+    assert alert.first_seen.isoformat() == "2020-09-04T07:09:12+00:00"
+    assert alert.last_seen.timestamp() == T0 - 30 and alert.timestamp.timestamp() == T0 + 7
 
 
 def test_a_malformed_checkpoint_is_a_clear_error(splunkd: SplunkdEmulator) -> None:

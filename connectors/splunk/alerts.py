@@ -136,6 +136,7 @@ def alert_from_row(
     read = to_ecs or load_profile().to_ecs
     # an ES notable's _time is when the correlation search ran; orig_time is the event's
     event = read({**row, "_time": row.get("orig_time") or row.get("_time")})
+    first_seen, last_seen = _event_span(row)
     return Alert(
         id=alert_id,
         source="splunk",
@@ -145,7 +146,8 @@ def alert_from_row(
         risk_score=_float(first(row, "risk_score")),
         description=first(row, "rule_description", "description") or "",
         timestamp=splunk_time(row.get("_time")) or utcnow(),
-        first_seen=splunk_time(row.get("orig_time")),  # an ES notable's triggering event; _time is the search's
+        first_seen=first_seen,
+        last_seen=last_seen,
         techniques=techniques_from_row(row),
         tags=[f"security_domain:{security_domain}"] if security_domain else [],
         entities=merged_entities(entities_from_row(row), event),
@@ -155,6 +157,18 @@ def alert_from_row(
         link=link,
         raw=dict(row),
     )
+
+
+def _event_span(row: dict[str, Any]) -> tuple[Any, Any]:
+    """When the alert's own events happened. An ES notable's `_time` is when its correlation search ran, so
+    it never bounds them: an aggregating search names its span in `firstTime`/`lastTime` (the Splunk
+    security_content convention, epoch or `security_content_ctime` text); otherwise the notable stands for
+    the one event at `orig_time`. A plain saved-search result's `_time` is its event's."""
+    first_seen = splunk_time(row.get("firstTime")) or splunk_time(row.get("orig_time"))
+    last_seen = splunk_time(row.get("lastTime")) or splunk_time(row.get("orig_time"))
+    if first_seen and last_seen and last_seen < first_seen:
+        first_seen, last_seen = last_seen, first_seen
+    return first_seen, last_seen
 
 
 def alert_from_notable(row: dict[str, Any], to_ecs: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Alert:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 DATA_FILE = Path(__file__).with_name("splunk_ta.yaml")
 NOTABLE_DELAY_S = 60.0  # a correlation search writes its notable a little after the event
+CTIME = "%Y-%m-%dT%H:%M:%S"  # `security_content_ctime`: convert timeformat="%Y-%m-%dT%H:%M:%S" ctime(field)
 _URGENCY = {"critical": "critical", "high": "high", "medium": "medium", "low": "low", "informational": "informational"}
 
 
@@ -255,6 +256,8 @@ def es_notable(row: Mapping[str, str], events: Sequence[Mapping[str, Any]]) -> d
         "drilldown_search": f'index=* host="{row.get("host", "")}" EventCode={str(row.get("sample_event", "")).rpartition("/")[2]}',
         "annotations.mitre_attack": techniques,
     })
+    if last > first:  # an aggregating correlation search names its span, as security_content's do
+        notable.update({"firstTime": first.strftime(CTIME), "lastTime": last.strftime(CTIME)})
     if not event:
         notable.update({"dest": row.get("host", ""), "process_path": row.get("sample_image", "")})
     return {k: v for k, v in notable.items() if v not in (None, "", [])}
