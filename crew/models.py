@@ -170,6 +170,13 @@ class Evidence(Model):
         self.id = "ev-" + self.content_hash[:12]
         return self
 
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> "Evidence":
+        """Sealed evidence never changes, so copies of a case share it: crewAI deep-copies the flow state
+        (the case) at every step, and the evidence samples are most of it."""
+        if self.content_hash:
+            return self
+        return super().__deepcopy__(memo)
+
 
 class Finding(Model):
     """A claim an agent makes; it must cite evidence ids that exist in the case."""

@@ -141,27 +141,27 @@ class ChainTracer:
         roots = [k for k in self.subject_keys if k in chain_keys and not self.descends(k)
                  and self.knowledge.descends(self.exe(k))]
         near = TimeRange(start=self.alert.timestamp - timedelta(minutes=5), end=self.alert.timestamp + timedelta(minutes=5))
-        origin_specs = self.service_origin_specs(chain_keys)
-        answers = self.batch([self.sessions_spec(chain_keys, installs + alert_rows)] + [spec for _, spec in origin_specs])
-        sessions = answers[0]
-        installs += self.matching_installs(origin_specs, answers[1:])
         first_children = self.tree_children(tops) if self.tree_covers(tops) else self.search_spec(self.children_spec(tops))
         first_root_children = self.tree_children(roots, near)
         descendants = self.descendants(tops, first=first_children) + self.descendants(roots, near, first_root_children)
         nodes = list(dict.fromkeys(chain_keys + descendants))
         acting = [k for k in nodes if k in self.subject_keys or not self.knowledge.is_root(self.exe(k))]
-        guid_rows, pid_rows, _, _, actions, own_rows, _, _ = self.batch(
-            self.activity_specs(acting) + [self.droppers_spec(nodes), self.injectors_spec(nodes),
-                                           self.session_actions_spec(sessions), self.addresses_spec(self.host),
-                                           self.starts_spec(chain_keys, "process"),
-                                           self.starts_spec(descendants, "process_children")])
+        answers = self.batch([self.sessions_spec(chain_keys, installs + alert_rows), self.addresses_spec(self.host)]
+                             + self.activity_specs(acting)
+                             + [self.droppers_spec(nodes), self.injectors_spec(nodes),
+                                self.starts_spec(chain_keys, "process"), self.starts_spec(descendants, "process_children")]
+                             + self.service_origin_specs(chain_keys))
+        sessions, own_rows, guid_rows, pid_rows = answers[:4]
         self.activity = guid_rows + pid_rows
         self.addresses[self.host] = {str(r["source.ip"]) for r in own_rows if is_internal_ip(r.get("source.ip"))}
+        # what the sessions did, files the chain wrote that were started, and who owns the addresses it reached
+        todo, resolving = self.resolve_batch(self.remote_addresses(sessions, alert_rows, nodes))
+        actions, launched_rows, *resolved = self.batch([self.session_actions_spec(sessions),
+                                                        self.launched_spec(alert_rows + self.activity)] + resolving)
+        self.note_resolved(todo, resolved)
         remote_installs = [r for r in actions if str(r.get("event.code")) in SERVICE_CODES]
-        launched_rows, service_rows = self.batch([self.launched_spec(alert_rows + self.activity),
-                                                  self.service_processes_spec(remote_installs)])
         launched = self.note_launched(launched_rows)
-        picked = self.pick_service_processes(remote_installs, service_rows)
+        picked = self.pick_service_processes(remote_installs, self.search_spec(self.service_processes_spec(remote_installs)))
         late = launched + [k for k in self.climb(picked) if k not in nodes]
         if late:
             more = self.descendants(late)
@@ -538,10 +538,10 @@ class ChainTracer:
             Filter(field="event.code", op="in", value=SERVICE_CODES + ["4698", "4702", "5145", "5140"])],
             host=self.host, time_range=self.window, limit=500)
 
-    def service_origin_specs(self, keys: list[str]) -> list[tuple[dict[str, Any], Search]]:
+    def service_origin_specs(self, keys: list[str]) -> list[Search | None]:
         """A chain process the service control manager started: the install of its service, whose
         installer's logon session says who put it there (PsExec-style remote execution included)."""
-        out = []
+        out: list[Search | None] = []
         for key in keys:
             start = self.starts.get(key) or {}
             if not str(start.get("process.parent.executable") or "").lower().endswith("\\services.exe"):
@@ -549,17 +549,10 @@ class ChainTracer:
             if self.knowledge.is_root(start.get("process.executable")):
                 continue  # a service host (svchost) is platform genealogy, not an installed program
             moment = _time(start) or self.alert.timestamp
-            out.append((start, self.spec("process_origin", "service",
-                                         [Filter(field="event.code", op="in", value=SERVICE_CODES)], host=self.host,
-                                         time_range=TimeRange(start=moment - timedelta(minutes=10),
-                                                              end=moment + timedelta(seconds=5)), limit=50)))
+            out.append(self.spec("process_origin", "service", [Filter(field="event.code", op="in", value=SERVICE_CODES)],
+                                 host=self.host, limit=50,
+                                 time_range=TimeRange(start=moment - timedelta(minutes=10), end=moment + timedelta(seconds=5))))
         return out
-
-    @staticmethod
-    def matching_installs(specs: list[tuple[dict[str, Any], Search]], answers: list[list[dict[str, Any]]]
-                          ) -> list[dict[str, Any]]:
-        return [r for (start, _), rows in zip(specs, answers) for r in rows
-                if same_service_binary(str(r.get("service.executable") or ""), str(start.get("process.command_line") or ""))]
 
     def sessions_spec(self, keys: list[str], extra_rows: list[dict[str, Any]]) -> Search | None:
         """The logon sessions the chain ran in: how they were created, explicit credentials they used."""
@@ -586,13 +579,26 @@ class ChainTracer:
                           time_range=self.window, group_by=["host.hostname"], limit=10, rank=None)
                 for address, direction in (("source.ip", "outbound"), ("destination.ip", "inbound"))]
 
-    def resolve_all(self, ips: list[str]) -> None:
+    def resolve_batch(self, ips: list[str]) -> tuple[list[str], list[Search | None]]:
+        """The addresses not yet resolved, and the searches that resolve them (two per address), so that
+        they can go out with other, unrelated searches; `note_resolved` reads the answers."""
         todo = [ip for ip in dict.fromkeys(ips) if ip not in self.resolved]
-        answers = self.batch([spec for ip in todo for spec in self.resolve_specs(ip)])
+        return todo, [spec for ip in todo for spec in self.resolve_specs(ip)]
+
+    def note_resolved(self, todo: list[str], answers: list[list[dict[str, Any]]]) -> None:
         for index, ip in enumerate(todo):
             outbound, inbound = answers[2 * index], answers[2 * index + 1]
-            rows = outbound or inbound
-            self.resolved[ip] = [short_host(r["host.hostname"]) for r in rows if r.get("host.hostname")]
+            self.resolved[ip] = [short_host(r["host.hostname"]) for r in outbound or inbound if r.get("host.hostname")]
+
+    def resolve_all(self, ips: list[str]) -> None:
+        todo, specs = self.resolve_batch(ips)
+        self.note_resolved(todo, self.batch(specs))
+
+    def remote_addresses(self, sessions: list[dict[str, Any]], alert_rows: list[dict[str, Any]], keys: list[str]) -> list[str]:
+        """The addresses `remote` will need resolved: where the chain came in from, the admin ports it reached."""
+        own = self.addresses.get(self.host, set())
+        return [ip for ip, _, _ in self.ingress(sessions, alert_rows, own)[:1]] + \
+            [t for t in self.egress(sessions, keys, own) if _is_address(t)]
 
     def remote(self, sessions: list[dict[str, Any]], alert_rows: list[dict[str, Any]], keys: list[str]) -> None:
         """Remote executions the chain received (the process on another host that reached in) and caused
@@ -600,7 +606,7 @@ class ChainTracer:
         own = self.addresses.get(self.host, set())
         ingress = self.ingress(sessions, alert_rows, own)
         targets = self.egress(sessions, keys, own)
-        self.resolve_all([ip for ip, _, _ in ingress[:1]] + [t for t in targets if _is_address(t)])
+        self.resolve_all(self.remote_addresses(sessions, alert_rows, keys))
         specs: list[Search | None] = []
         roles: list[tuple[str, str]] = []
         for ip, moment, port in ingress[:1]:  # the first remote ingress explains the chain's origin
@@ -699,20 +705,28 @@ class ChainTracer:
 
     def _remote_processes(self, found: list[tuple[str, str, list[dict[str, Any]]]]) -> None:
         """Start events, one parent and what they did, of the processes seen on other hosts (by entity id
-        where the logs carry one, else by pid: script-block and handle events name only the pid)."""
+        where the logs carry one, else by pid: script-block and handle events name only the pid). Start
+        events already found (a target's process starts) are not asked for again: their parents go out
+        with the activity searches."""
         specs: list[Search | None] = []
         asked: list[tuple[str, str, list[str]]] = []
         for host, role, rows in found:
             guids = sorted({str(r["process.entity_id"]) for r in rows if r.get("process.entity_id")})[:20]
             pids = sorted({p for r in rows if not r.get("process.entity_id") and (p := _pid(r.get("process.pid")))})[:20]
-            if guids:
-                specs.append(self.spec("remote_execution", role, [Filter(field="process.entity_id", op="in", value=guids),
+            started = {str(r["process.entity_id"]): r for r in rows
+                       if r.get("process.entity_id") and str(r.get("event.code")) in START_CODES}
+            unknown = [g for g in guids if g not in started]
+            if unknown:
+                specs.append(self.spec("remote_execution", role, [Filter(field="process.entity_id", op="in", value=unknown),
                                                                   Filter(field="event.code", value="1")], host=host, limit=50))
                 asked.append((host, role, guids))
+            if guids:
                 specs.append(self.spec("remote_execution", role, [
                     Filter(field="process.entity_id", op="in", value=guids),
                     Filter(field="event.code", op="in", value=["1", "5"], negate=True)],
                     host=host, time_range=self.window, limit=1000))
+                asked.append((host, role, []))
+                specs.append(self.parents_spec(host, role, list(started.values()), guids))
                 asked.append((host, role, []))
             if pids:
                 specs.append(self.spec("remote_execution", role, [
@@ -722,14 +736,17 @@ class ChainTracer:
                 asked.append((host, role, []))
         parents: list[Search | None] = []
         for (host, role, guids), rows in zip(asked, self.batch(specs)):
-            if not guids:
-                continue
-            wanted = sorted({str(r["process.parent.entity_id"]) for r in rows if r.get("process.parent.entity_id")} - set(guids))[:20]
-            if wanted:
-                parents.append(self.spec("remote_execution", role, [Filter(field="process.entity_id", op="in", value=wanted),
-                                                                    Filter(field="event.code", value="1")],
-                                         host=host, limit=50))
+            if guids:
+                parents.append(self.parents_spec(host, role, rows, guids))
         self.batch(parents)
+
+    def parents_spec(self, host: str, role: str, starts: list[dict[str, Any]], guids: list[str]) -> Search | None:
+        """The start events of these processes' parents (one level up) on another host."""
+        wanted = sorted({str(r["process.parent.entity_id"]) for r in starts if r.get("process.parent.entity_id")} - set(guids))[:20]
+        if not wanted:
+            return None
+        return self.spec("remote_execution", role, [Filter(field="process.entity_id", op="in", value=wanted),
+                                                    Filter(field="event.code", value="1")], host=host, limit=50)
 
 
 def _is_address(value: str) -> bool:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from siemcrew.connectors.base import EventQuery, Filter
+from siemcrew.crew.context import InvestigationContext
 from siemcrew.crew.indicators import IndicatorSet, account, is_external_ip, is_internal_ip, short_host
 from siemcrew.crew.models import Evidence, TimeRange
 from siemcrew.crew.timeutil import parse_time
@@ -258,15 +259,27 @@ class LogonActivityTool(EvidenceTool):
         if ip:
             first.append(self._logons("ip", ip, [Filter(field="source.ip", value=ip)], window))
             first.append(self._owners("ip", ip, [Filter(field="source.ip", value=ip)], "host.hostname", window, 10))
-        results = record_searches(ctx, first)
+        # logons from the host's own addresses onto other hosts (lateral movement): at once when the
+        # case already knows the addresses (the chain trace asked), else once the search above says
+        known = _known_addresses(ctx, short_host(host), window) if host else None
+        lateral = (lambda addrs: [self._logons("ip", addr, [Filter(field="source.ip", value=addr),
+                                                            Filter(field="host.hostname", value=short_host(host), negate=True)],
+                                               window) for addr in addrs[:3]])
+        results = record_searches(ctx, first + (lateral(known) if known else []))
         items = [item for item, _ in results]
-        if host:  # logons from the host's own addresses onto other hosts (lateral movement)
-            addrs = [str(r["source.ip"]) for r in results[1][1] if is_internal_ip(r.get("source.ip"))][:3]
-            items += [item for item, _ in record_searches(ctx, [
-                self._logons("ip", addr, [Filter(field="source.ip", value=addr),
-                                          Filter(field="host.hostname", value=short_host(host), negate=True)], window)
-                for addr in addrs])]
+        if host and known is None:
+            addrs = [str(r["source.ip"]) for r in results[1][1] if is_internal_ip(r.get("source.ip"))]
+            items += [item for item, _ in record_searches(ctx, lateral(addrs))]
         return items, ""
+
+
+def _known_addresses(ctx: InvestigationContext, host: str, window: TimeRange) -> list[str] | None:
+    """The host's own addresses over this window, if a search of this case already found them."""
+    for item in ctx.evidence("host_addresses"):
+        if item.entity_type == "host" and item.status in ("ok", "empty") and item.time_range == window \
+                and str(item.entity or "").split(":")[0] == host and not item.truncated:
+            return [str(r["source.ip"]) for r in item.sample if is_internal_ip(r.get("source.ip"))]
+    return None
 
 
 class NetworkConnectionsTool(EvidenceTool):
