@@ -6,7 +6,7 @@ most `--concurrency` searches run at once, then the demo alerts are investigated
 already started (start-up — imports, crew construction — is measured by investigate.py).
 Writes benchmarks/results/latency.json.
 
-    python benchmarks/latency.py [--latency 1.0] [--concurrency 3]
+    python benchmarks/latency.py [--latency 1.0] [--concurrency 8]
 """
 
 from __future__ import annotations
@@ -25,12 +25,15 @@ RESULTS = ROOT / "benchmarks" / "results" / "latency.json"
 
 
 class SlowSiem:
-    """A connector that answers like a remote SIEM: a fixed delay per search, a cap on concurrent searches."""
+    """A connector that answers like a remote SIEM: a fixed delay per search, and the connector's cap on
+    concurrent searches (the Splunk connector's: the chain's searches first, see connectors/slots.py)."""
 
     def __init__(self, inner: Any, latency: float, concurrency: int) -> None:
+        from siemcrew.connectors.slots import PrioritySlots
+
         self.inner = inner
         self.latency = latency
-        self.slots = threading.BoundedSemaphore(concurrency)
+        self.slots = PrioritySlots(concurrency)
         self.searches = 0
         self.lock = threading.Lock()
 
@@ -57,7 +60,7 @@ class SlowSiem:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=1.0)
-    parser.add_argument("--concurrency", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=8, help="the connector's cap (Splunk max_concurrent)")
     args = parser.parse_args()
 
     from siemcrew.config.settings import Settings

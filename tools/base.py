@@ -17,6 +17,7 @@ from crewai.tools import BaseTool
 from pydantic import ConfigDict, Field
 
 from siemcrew.connectors.base import ConnectorError, EventQuery, SearchResult
+from siemcrew.connectors.slots import CONTEXT, with_priority
 from siemcrew.crew.context import InvestigationContext
 from siemcrew.crew.indicators import IndicatorSet
 from siemcrew.crew.knowledge import knowledge_fields
@@ -75,7 +76,7 @@ SUMMARY_FIELDS = (
 # sample sees what reasoning over the full result would.
 SAMPLE_FIELDS = tuple(dict.fromkeys(SUMMARY_FIELDS + knowledge_fields()))
 MAX_VALUE = 1024
-PARALLEL_SEARCHES = 8  # searches a tool sends at once; the connector's own cap still applies
+PARALLEL_SEARCHES = 16  # searches a tool sends at once; the connector's cap decides how many reach the SIEM
 ELLIPSIS = "…"
 
 
@@ -162,11 +163,12 @@ class Search:
     time_range: TimeRange | None
     fallback_query: str = ""
     rank: Callable[[dict[str, Any]], float] | None = None
+    priority: int = CONTEXT  # CRITICAL: the investigation waits on it (see connectors/slots.py)
 
 
-def _answer(run: Callable[[], SearchResult]) -> SearchResult | ConnectorError:
+def _answer(search: Search) -> SearchResult | ConnectorError:
     try:
-        return run()
+        return with_priority(search.priority, search.run)
     except ConnectorError as exc:
         return exc
 
@@ -179,12 +181,27 @@ def record_searches(ctx: InvestigationContext, searches: list[Search]) -> list[t
     and the connector caps how many reach the SIEM at once. A failed query is recorded with status
     error (never as empty), so the verifier can tell 'nothing found' from 'could not look'.
     """
-    if len(searches) == 1:
-        answers = [_answer(searches[0].run)]
-    else:
-        with ThreadPoolExecutor(max_workers=min(PARALLEL_SEARCHES, len(searches) or 1)) as pool:
-            answers = list(pool.map(lambda s: _answer(s.run), searches))
-    return [_record(ctx, search, answer) for search, answer in zip(searches, answers)]
+    if len(searches) <= 1:
+        return [_record(ctx, search, _answer(search)) for search in searches]
+    return SentSearches(ctx, searches).record()
+
+
+class SentSearches:
+    """Searches sent now and recorded later (see `record_searches`): a tool sends the searches whose
+    answers it only records (nothing it asks next depends on them) and goes on with the ones it needs."""
+
+    def __init__(self, ctx: InvestigationContext, searches: list[Search]) -> None:
+        self.ctx = ctx
+        self.searches = list(searches)
+        self.pool = ThreadPoolExecutor(max_workers=min(PARALLEL_SEARCHES, len(self.searches) or 1))
+        self.answers = [self.pool.submit(_answer, search) for search in self.searches]
+
+    def record(self) -> list[tuple[Evidence, list[dict[str, Any]]]]:
+        try:
+            answers = [future.result() for future in self.answers]
+        finally:
+            self.pool.shutdown(wait=True)
+        return [_record(self.ctx, search, answer) for search, answer in zip(self.searches, answers)]
 
 
 def _record(ctx: InvestigationContext, search: Search, answer: SearchResult | ConnectorError

@@ -22,12 +22,14 @@ from typing import Any, Callable
 from pydantic import BaseModel, Field
 
 from siemcrew.connectors.base import EventQuery, Filter
+from siemcrew.connectors.slots import CONTEXT, CRITICAL, critical_work
 from siemcrew.crew.chain import NULL_GUID, same_service_binary
 from siemcrew.crew.indicators import IndicatorSet, is_internal_ip, short_host
 from siemcrew.crew.knowledge import Knowledge
 from siemcrew.crew.models import Alert, Evidence, TimeRange
 from siemcrew.crew.timeutil import parse_time
-from siemcrew.tools.base import EvidenceTool, Search, rank_by_malice, record_searches, scoped
+from siemcrew.tools.alert_events import alert_events_search
+from siemcrew.tools.base import EvidenceTool, Search, SentSearches, rank_by_malice, record_searches, scoped
 
 START_CODES = ["1", "4688"]
 FILE_WRITE_CODES = ["11", "15", "29"]
@@ -77,19 +79,20 @@ class ChainTracer:
         self.tree_truncated = False
         self.tree_start: datetime | None = None
         self.resolved: dict[str, list[str]] = {}      # address -> the hosts that own it
+        self.sent: list[SentSearches] = []             # searches only recorded, still running
 
     # -- plumbing --------------------------------------------------------------------------
     def spec(self, kind: str, entity_type: str, filters: list[Filter], *, host: str | None = None,
              time_range: TimeRange | None = None, any_of: list[list[Filter]] | None = None, limit: int = 500,
              order: str = "asc", group_by: list[str] | None = None,
-             rank: Callable[[dict[str, Any]], float] | None = rank_by_malice) -> Search:
+             rank: Callable[[dict[str, Any]], float] | None = rank_by_malice, entity: str | None = None) -> Search:
         """One search of the trace, not yet run (searches that do not depend on each other run together)."""
         ctx = self.ctx
         where = [Filter(field="host.hostname", value=short_host(host))] if host else []
         query = scoped(ctx, EventQuery(filters=where + filters, any_of=any_of or [], time_range=time_range,
                                        limit=limit, order=order, group_by=group_by or []))
-        return Search(tool=self.tool.name, kind=kind, entity_type=entity_type, entity=self.entity(host),
-                      run=lambda: ctx.runtime.siem.search(query), time_range=time_range, rank=rank)
+        return Search(tool=self.tool.name, kind=kind, entity_type=entity_type, entity=entity or self.entity(host),
+                      run=lambda: ctx.runtime.siem.search(query), time_range=time_range, rank=rank, priority=CRITICAL)
 
     def batch(self, specs: list[Search | None]) -> list[list[dict[str, Any]]]:
         """Run the searches at once; rows per search, in order (an absent search gives no rows)."""
@@ -104,6 +107,21 @@ class ChainTracer:
             self.items.append(item)
             out.append(rows)
         return out
+
+    def send(self, specs: list[Search | None]) -> None:
+        """Send searches whose answers are only recorded (nothing the trace asks next depends on them):
+        they run while the trace goes on, behind the searches it waits for, and `collect` records them."""
+        wanted = [s for s in specs if s is not None]
+        for spec in wanted:
+            spec.priority = CONTEXT
+        if wanted:
+            self.sent.append(SentSearches(self.ctx, wanted))
+
+    def collect(self) -> None:
+        """Record the sent searches, in the order they were sent."""
+        for sent in self.sent:
+            self.items += [item for item, _ in sent.record()]
+        self.sent = []
 
     def search(self, kind: str, entity_type: str, filters: list[Filter], **kwargs: Any) -> list[dict[str, Any]]:
         return self.batch([self.spec(kind, entity_type, filters, **kwargs)])[0]
@@ -130,10 +148,22 @@ class ChainTracer:
         return kept
 
     # -- the trace ---------------------------------------------------------------------------
-    def run(self, alert_rows: list[dict[str, Any]]) -> str:
-        """Round by round: every search of a round goes out at once, the next round needs its answers."""
-        installs, instigators, tree = self.batch([self.installs_spec(self.service_names(alert_rows)),
-                                                  self.instigators_spec(alert_rows), self.tree_spec()])
+    def run(self, alert_rows: list[dict[str, Any]], events: Search | None = None) -> str:
+        """Round by round: every search of a round goes out at once, the next round needs its answers.
+        `events`: the search for the alert's own events, when they are not fetched yet; it goes out with
+        the first round, which reads the alert's event as the alert carries it meanwhile."""
+        seen = alert_rows = alert_rows or ([self.alert.event] if self.alert.event else [])
+        installs, instigators, tree, _ = self.batch([self.installs_spec(self.service_names(seen)),
+                                                     self.instigators_spec(seen), self.tree_spec(), events])
+        if events is not None:
+            fetched = next((i for i in reversed(self.items) if i.kind == "alert_events"), None)
+            alert_rows = (fetched.sample if fetched else []) or seen
+            # what the fetched events name beyond the alert's own event
+            more_installs, more_instigators = self.batch([
+                self.installs_spec(self.service_names(alert_rows) - self.service_names(seen)),
+                self.instigators_spec(alert_rows, skip=self.instigator_names(seen))])
+            installs += more_installs
+            instigators += more_instigators
         self.index_tree(tree)
         subjects = self.subjects(alert_rows) + self.service_processes(installs) + self._keep_start(instigators)[:3]
         chain_keys = self.climb(subjects)
@@ -146,12 +176,10 @@ class ChainTracer:
         descendants = self.descendants(tops, first=first_children) + self.descendants(roots, near, first_root_children)
         nodes = list(dict.fromkeys(chain_keys + descendants))
         acting = [k for k in nodes if k in self.subject_keys or not self.knowledge.is_root(self.exe(k))]
-        answers = self.batch([self.sessions_spec(chain_keys, installs + alert_rows), self.addresses_spec(self.host)]
-                             + self.activity_specs(acting)
-                             + [self.droppers_spec(nodes), self.injectors_spec(nodes),
-                                self.starts_spec(chain_keys, "process"), self.starts_spec(descendants, "process_children")]
-                             + self.service_origin_specs(chain_keys))
-        sessions, own_rows, guid_rows, pid_rows = answers[:4]
+        self.send([self.droppers_spec(nodes), self.injectors_spec(nodes), self.starts_spec(chain_keys, "process"),
+                   self.starts_spec(descendants, "process_children")] + self.service_origin_specs(chain_keys))
+        sessions, own_rows, guid_rows, pid_rows = self.batch(
+            [self.sessions_spec(chain_keys, installs + alert_rows), self.addresses_spec(self.host)] + self.activity_specs(acting))
         self.activity = guid_rows + pid_rows
         self.addresses[self.host] = {str(r["source.ip"]) for r in own_rows if is_internal_ip(r.get("source.ip"))}
         # what the sessions did, files the chain wrote that were started, and who owns the addresses it reached
@@ -167,7 +195,8 @@ class ChainTracer:
             more = self.descendants(late)
             late_nodes = [k for k in late + more if k not in nodes]
             nodes += late_nodes
-            rows = self.batch(self.activity_specs(late_nodes) + [self.droppers_spec(late_nodes), self.injectors_spec(late_nodes)])
+            self.send([self.droppers_spec(late_nodes), self.injectors_spec(late_nodes)])
+            rows = self.batch(self.activity_specs(late_nodes))
             self.activity += rows[0] + rows[1]
         self.remote(sessions, alert_rows, nodes)
         names = [self.exe(k).split("\\")[-1] for k in nodes if self.exe(k)]
@@ -196,9 +225,9 @@ class ChainTracer:
                 found.append(row)
         return found[:5]
 
-    def instigators_spec(self, alert_rows: list[dict[str, Any]]) -> Search | None:
-        """Processes whose command line named the object of the alert's event (the file a service wrote,
-        the registry value it set) shortly before: what set it up is part of its cause."""
+    @staticmethod
+    def instigator_names(alert_rows: list[dict[str, Any]]) -> set[str]:
+        """Names of the objects the alert's events are about (a written file, a registry value's data)."""
         names: set[str] = set()
         for row in alert_rows[:20]:
             for field in ("file.path", "registry.data.strings", "service.executable"):
@@ -206,6 +235,12 @@ class ChainTracer:
                 name = re.split(r"[\\/]", value)[-1] if value else ""
                 if len(name) >= 6 and "." in name and not re.fullmatch(r"[\w-]+\.(exe|dll|sys)", name, re.IGNORECASE):
                     names.add(name)
+        return names
+
+    def instigators_spec(self, alert_rows: list[dict[str, Any]], skip: set[str] | None = None) -> Search | None:
+        """Processes whose command line named the object of the alert's event (the file a service wrote,
+        the registry value it set) shortly before: what set it up is part of its cause."""
+        names = self.instigator_names(alert_rows) - (skip or set())
         if not names:
             return None
         return self.spec(
@@ -576,7 +611,7 @@ class ChainTracer:
         serves, the connections it accepts go to it."""
         return [self.spec("host_addresses", "ip", [Filter(field=address, value=ip),
                                                     Filter(field="network.direction", value=direction)],
-                          time_range=self.window, group_by=["host.hostname"], limit=10, rank=None)
+                          time_range=self.window, group_by=["host.hostname"], limit=10, rank=None, entity=ip)
                 for address, direction in (("source.ip", "outbound"), ("destination.ip", "inbound"))]
 
     def resolve_batch(self, ips: list[str]) -> tuple[list[str], list[Search | None]]:
@@ -768,7 +803,8 @@ class AlertChainTool(EvidenceTool):
     description: str = (
         "Trace the alert's own causal chain: its process, ancestors up to the session root, descendants, what "
         "they did, injections into them, the files they started from and wrote, the service and logon session "
-        "they ran in, and remote executions into or out of the chain. Judge the alert by this chain."
+        "they ran in, and remote executions into or out of the chain (fetching the alert's own events first "
+        "if they are not fetched yet). Judge the alert by this chain."
     )
 
     class Args(BaseModel):
@@ -779,9 +815,12 @@ class AlertChainTool(EvidenceTool):
     def investigate(self, alert_id: str) -> tuple[list[Evidence], str]:
         ctx = self.ctx
         alert = next((a for a in ctx.case.alerts if a.id == alert_id), ctx.alert)
-        alert_rows = [row for e in ctx.evidence("alert_events") for row in e.sample]
-        if alert.event and not alert_rows:
-            alert_rows = [alert.event]
+        fetched = [e for e in ctx.evidence("alert_events") if e.status != "error"]
+        alert_rows = [row for e in fetched for row in e.sample]
         tracer = ChainTracer(self, alert)
-        note = tracer.run(alert_rows)
+        try:
+            with critical_work():
+                note = tracer.run(alert_rows, None if fetched else alert_events_search(ctx, alert))
+        finally:
+            tracer.collect()
         return tracer.items, note

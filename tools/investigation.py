@@ -20,6 +20,7 @@ from siemcrew.crew.timeutil import parse_time
 from siemcrew.tools.base import (
     ELLIPSIS, EvidenceTool, Search, rank_by_malice, record_lookup, record_search, record_searches, scoped,
 )
+from siemcrew.tools.alert_events import AlertEventsTool, host_filter
 from siemcrew.tools.chain import AlertChainTool
 
 PROCESS_START = ["1", "4688"]
@@ -37,10 +38,6 @@ ENTITY_FIELDS = {
     "file.path": "file",
     "registry.path": "registry",
 }
-
-
-def host_filter(host: str) -> Filter:
-    return Filter(field="host.hostname", value=short_host(host))
 
 
 def user_filters(user: str) -> list[Filter]:
@@ -69,47 +66,6 @@ class HostArgs(BaseModel):
     host: str = Field(description="host name (short or FQDN)")
     before_minutes: int | None = Field(default=None, description="minutes before the alert time")
     after_minutes: int | None = Field(default=None, description="minutes after the alert time")
-
-
-class AlertEventsTool(EvidenceTool):
-    name: str = "alert_events"
-    description: str = "Fetch the events that triggered the alert (its host, time span, event code and process)."
-
-    class Args(BaseModel):
-        alert_id: str = Field(description="the alert id")
-
-    args_schema: type[BaseModel] = Args
-
-    def investigate(self, alert_id: str) -> tuple[list[Evidence], str]:
-        """The alert's own events only: the same host and event code within the alert's time span,
-        and the alert's process when it names one — not whatever else the host did meanwhile."""
-        ctx = self.ctx
-        alert = next((a for a in ctx.case.alerts if a.id == alert_id), ctx.alert)
-        host = alert.primary_host
-        first = alert.first_seen or alert.timestamp
-        last = alert.last_seen or alert.timestamp
-        window = TimeRange(start=first - timedelta(seconds=2), end=last + timedelta(seconds=2))
-        query = scoped(ctx, EventQuery(time_range=window, limit=5000))
-        if host:
-            query.filters.append(host_filter(host))
-        if alert.event.get("event.code"):
-            query.filters.append(Filter(field="event.code", value=str(alert.event["event.code"])))
-        proc = alert.process
-        # The process narrows the search only when the triggering event is that process's own: a service
-        # install (7045) or a logon names the service's or session's process nowhere in its fields.
-        event = alert.event
-        if event.get("event.code") and not any(event.get(f) for f in ("process.entity_id", "process.pid",
-                                                                        "process.executable")):
-            proc = None
-        if proc and proc.entity_id:
-            query.filters.append(Filter(field="process.entity_id", value=proc.entity_id))
-        elif proc and proc.executable:
-            query.filters.append(Filter(field="process.executable", value=proc.executable))
-        item, _ = record_search(
-            ctx, tool=self.name, kind="alert_events", entity_type="host", entity=host,
-            run=lambda: ctx.runtime.siem.search(query), time_range=window, rank=rank_by_malice,
-        )
-        return [item], ""
 
 
 class ProcessLineageTool(EvidenceTool):
@@ -259,27 +215,33 @@ class LogonActivityTool(EvidenceTool):
         if ip:
             first.append(self._logons("ip", ip, [Filter(field="source.ip", value=ip)], window))
             first.append(self._owners("ip", ip, [Filter(field="source.ip", value=ip)], "host.hostname", window, 10))
-        # logons from the host's own addresses onto other hosts (lateral movement): at once when the
-        # case already knows the addresses (the chain trace asked), else once the search above says
-        known = _known_addresses(ctx, short_host(host), window) if host else None
+        # logons from the host's own addresses onto other hosts (lateral movement): at once for the
+        # addresses the case already knows (the chain trace asked), the others once the search above says
+        known = _known_addresses(ctx, short_host(host), window) if host else []
         lateral = (lambda addrs: [self._logons("ip", addr, [Filter(field="source.ip", value=addr),
                                                             Filter(field="host.hostname", value=short_host(host), negate=True)],
-                                               window) for addr in addrs[:3]])
-        results = record_searches(ctx, first + (lateral(known) if known else []))
+                                               window) for addr in addrs])
+        results = record_searches(ctx, first + lateral(known[:3]))
         items = [item for item, _ in results]
-        if host and known is None:
+        if host:
             addrs = [str(r["source.ip"]) for r in results[1][1] if is_internal_ip(r.get("source.ip"))]
-            items += [item for item, _ in record_searches(ctx, lateral(addrs))]
+            items += [item for item, _ in record_searches(ctx, lateral([a for a in addrs if a not in known][:3 - len(known[:3])]))]
         return items, ""
 
 
-def _known_addresses(ctx: InvestigationContext, host: str, window: TimeRange) -> list[str] | None:
-    """The host's own addresses over this window, if a search of this case already found them."""
+def _known_addresses(ctx: InvestigationContext, host: str, window: TimeRange) -> list[str]:
+    """The host's addresses over this window that searches of this case already found: its outbound
+    connections' sources, or addresses resolved to it."""
+    found: list[str] = []
     for item in ctx.evidence("host_addresses"):
-        if item.entity_type == "host" and item.status in ("ok", "empty") and item.time_range == window \
-                and str(item.entity or "").split(":")[0] == host and not item.truncated:
-            return [str(r["source.ip"]) for r in item.sample if is_internal_ip(r.get("source.ip"))]
-    return None
+        if item.status != "ok" or item.time_range != window:
+            continue
+        if item.entity_type == "host" and str(item.entity or "").split(":")[0] == host:
+            found += [str(r["source.ip"]) for r in item.sample if is_internal_ip(r.get("source.ip"))]
+        elif item.entity_type == "ip" and is_internal_ip(item.entity) \
+                and any(short_host(r.get("host.hostname")) == host for r in item.sample):
+            found.append(str(item.entity))
+    return list(dict.fromkeys(found))
 
 
 class NetworkConnectionsTool(EvidenceTool):

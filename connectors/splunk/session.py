@@ -25,6 +25,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from siemcrew.config.settings import SettingsError
 from siemcrew.config.splunk import SplunkSettings
 from siemcrew.connectors.base import ConnectorError
+from siemcrew.connectors.slots import PrioritySlots
 
 log = logging.getLogger("siemcrew.splunk")
 
@@ -185,14 +186,14 @@ def call_write_verified(settings: SplunkSettings, fn: Callable[[], T], applied: 
         return None
 
 
-_SLOTS: dict[str, threading.BoundedSemaphore] = {}
+_SLOTS: dict[str, PrioritySlots] = {}
 _SLOTS_LOCK = threading.Lock()
 
 
-def search_slots(settings: SplunkSettings) -> threading.BoundedSemaphore:
-    """Concurrent searches per splunkd, shared by every connector in this process."""
+def search_slots(settings: SplunkSettings) -> PrioritySlots:
+    """Concurrent searches per splunkd, shared by every connector in this process (the chain's searches first)."""
     with _SLOTS_LOCK:
         key = f"{settings.url}|{settings.search.max_concurrent}"
         if key not in _SLOTS:
-            _SLOTS[key] = threading.BoundedSemaphore(settings.search.max_concurrent)
+            _SLOTS[key] = PrioritySlots(settings.search.max_concurrent)
         return _SLOTS[key]

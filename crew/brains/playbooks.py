@@ -67,11 +67,11 @@ def entity_pivots(ctx: InvestigationContext) -> list[Call]:
 def triage_plan(ctx: InvestigationContext) -> list[Call]:
     alert = ctx.alert
     host = alert.primary_host
-    if not _done(ctx, "alert_events", None):
-        return [("alert_events", {"alert_id": alert.id})]
     calls: list[Call] = []
     if not any(e.tool == "alert_chain" for e in ctx.case.evidence):
-        calls.append(("alert_chain", {"alert_id": alert.id}))
+        calls.append(("alert_chain", {"alert_id": alert.id}))  # it fetches the alert's own events first
+    elif not _done(ctx, "alert_events", None):
+        calls.append(("alert_events", {"alert_id": alert.id}))
     if host and not _done(ctx, "host_activity", host):
         calls.append(("host_activity", {"host": host}))
     own = _own_process(ctx)
@@ -86,7 +86,7 @@ def triage_plan(ctx: InvestigationContext) -> list[Call]:
         calls.append(("asset_context", {"host": host}))
     if host and not _done(ctx, "related_cases", host):
         calls.append(("related_cases", {"host": host}))
-    return calls
+    return _unique(calls)  # the alert's own executable is often one of its entities too
 
 
 def hunt_plan(ctx: InvestigationContext) -> list[Call]:
