@@ -16,6 +16,21 @@ WEBHOOK = json.loads((REFERENCE / "webhook_payload.json").read_text())
 UUID = "4c9f0e1a7b2d4e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f"
 
 
+def test_the_alerts_own_events_are_its_source_event_or_its_suppressed_span() -> None:
+    """`last_detected` is when the rule last ran: it never bounds the alert's events; a suppressing rule
+    names their span in `kibana.alert.suppression.start/end`."""
+    doc = copy.deepcopy(ALERT_DOC["_source"])
+    doc.update({"kibana.alert.original_time": "2025-06-02T07:05:00.000Z",
+                "kibana.alert.last_detected": "2025-06-02T07:08:52.956Z"})
+    alert = alert_from_doc(doc)
+    assert alert.first_seen == alert.last_seen and alert.last_seen.isoformat() == "2025-06-02T07:05:00+00:00"
+    doc.update({"kibana.alert.suppression.start": "2025-06-02T07:05:00.000Z",
+                "kibana.alert.suppression.end": "2025-06-02T07:06:30.000Z"})
+    alert = alert_from_doc(doc)
+    assert (alert.first_seen.isoformat(), alert.last_seen.isoformat()) == \
+        ("2025-06-02T07:05:00+00:00", "2025-06-02T07:06:30+00:00")
+
+
 def test_alert_document_is_normalized() -> None:
     alert = alert_from_doc(ALERT_DOC["_source"], ALERT_DOC["_index"])
     assert alert.id == UUID and alert.source == "elastic"

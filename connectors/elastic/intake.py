@@ -138,8 +138,10 @@ def alert_from_doc(doc: dict[str, Any], index: str | None = None, readback: Read
             risk_score=_float(first(doc, "kibana.alert.risk_score", "kibana.alert.rule.risk_score")),
             description=str(first(doc, "kibana.alert.reason", "kibana.alert.rule.description") or ""),
             timestamp=timestamp,
-            first_seen=first(doc, "kibana.alert.original_time") or timestamp,
-            last_seen=first(doc, "kibana.alert.last_detected") or timestamp,
+            # the alert's own events: its source event, or the span of the events a suppressing rule folded
+            # into it; `last_detected` is when the rule last ran, it never bounds them
+            first_seen=first(doc, "kibana.alert.suppression.start", "kibana.alert.original_time") or timestamp,
+            last_seen=first(doc, "kibana.alert.suppression.end", "kibana.alert.original_time") or timestamp,
             techniques=techniques,
             tactics=tactics,
             tags=[str(t) for t in all_values(doc, "kibana.alert.rule.tags")],

@@ -73,8 +73,11 @@ def _iso(moment: datetime) -> str:
 
 
 def detection_alert(source: dict[str, Any], source_index: str, source_id: str, uuid: str, rule: Rule,
-                    detected_after_s: float = 60.0, space: str = "default") -> dict[str, Any]:
-    """The alert document for one source event (its `_source`, index and id)."""
+                    detected_after_s: float = 60.0, space: str = "default",
+                    suppressed_for_s: float | None = None) -> dict[str, Any]:
+    """The alert document for one source event (its `_source`, index and id). `suppressed_for_s`: the rule
+    suppresses alerts per host, and the host's events that many seconds after this one were folded into
+    this alert (Elastic Security's `kibana.alert.suppression.*` fields)."""
     original_time = source["@timestamp"]
     detected = _iso(datetime.fromisoformat(original_time.replace("Z", "+00:00")) + timedelta(seconds=detected_after_s))
     doc = copy.deepcopy(source)
@@ -117,4 +120,10 @@ def detection_alert(source: dict[str, Any], source_index: str, source_id: str, u
     })
     for key, value in original_event.items():
         doc[f"kibana.alert.original_event.{key}"] = value
+    if suppressed_for_s:
+        host = (source.get("host") or {}).get("name")
+        end = datetime.fromisoformat(original_time.replace("Z", "+00:00")) + timedelta(seconds=suppressed_for_s)
+        doc.update({"kibana.alert.suppression.start": original_time,
+                    "kibana.alert.suppression.end": _iso(end),
+                    "kibana.alert.suppression.terms": [{"field": "host.name", "value": [host]}]})
     return doc

@@ -30,6 +30,13 @@ from siemcrew.connectors.local.loader import iter_units
 IMAGE_FIELDS = ("Image", "SourceImage", "NewProcessName", "ProcessName", "Application", "CallerProcessName")
 
 
+def _span_s(row: Mapping[str, str]) -> float | None:
+    """A labelled alert over several events is, in Elastic Security, one alert whose rule suppresses
+    per host: how long after its first event its last one came."""
+    first, last = _moment(row.get("first", "")), _moment(row.get("last", ""))
+    return (last - first).total_seconds() if first and last and last > first else None
+
+
 @dataclass
 class IndexedEvent:
     """One raw event and the document it became."""
@@ -156,7 +163,8 @@ def elastic_with_recording(
         docs = []
         for row in rows:
             trigger = trigger_event(events, row)
-            alert = detection_alert(trigger.doc, trigger.stream, trigger.doc_id, alert_uuid(row), rule_of(row, with_threat))
+            alert = detection_alert(trigger.doc, trigger.stream, trigger.doc_id, alert_uuid(row), rule_of(row, with_threat),
+                                    suppressed_for_s=_span_s(row))
             loaded.alerts.append((row, alert))
             docs.append(alert)
         if docs:
