@@ -67,6 +67,13 @@ class LlmSettings(Section):
     max_calls_per_case: int = 60
     max_tokens_per_case: int = 200_000
     temperature: float = 0.0
+    # Per HTTP request to the model: seconds without progress (connect, send, each read) before the
+    # request is abandoned; the provider SDK then retries it (timeouts, 408/409/429/5xx, dropped
+    # connections) up to `max_retries` times, waiting as a 429's Retry-After says (up to the SDK's
+    # cap) or with exponential backoff. `max_tokens` caps each answer (sent as the request's max_tokens).
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    max_tokens: int = Field(default=2048, ge=1)
 
 
 class InvestigationSettings(Section):
