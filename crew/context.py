@@ -24,6 +24,9 @@ class InvestigationContext:
     agent: str = "system"
     gaps: list[str] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
+    # set by the model brain when this stage's model failed or the case's budget ran out; the flow then
+    # stops the stage and escalates the case, whatever crewAI made of the error
+    halted: BaseException | None = None
 
     # -- convenience -----------------------------------------------------------------------
     @property

@@ -329,8 +329,12 @@ class Case(Model):
     affected_hosts: list[str] = Field(default_factory=list)
     affected_users: list[str] = Field(default_factory=list)
     timeline: list[TimelineEntry] = Field(default_factory=list)
+    # llm_calls: HTTP requests sent to a model (SDK retries and crewAI's converter re-asks included);
+    # llm_tokens: the provider's `usage` totals, estimated where it gave none; brain_calls: answers asked
+    # of any brain, the deterministic playbooks included. All three add up over every attempt.
     llm_calls: int = 0
     llm_tokens: int = 0
+    brain_calls: int = 0
     queries: int = 0
     unsupported_findings: int = 0
     flow_id: str | None = None

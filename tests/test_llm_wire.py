@@ -199,7 +199,7 @@ def test_429_is_retried_after_retry_after(tmp_path: Path) -> None:
     first, second = server.chats
     assert second.at - first.at >= 0.95  # Retry-After: 1, not the SDK's 0.5 s first backoff
     assert [r.headers["x-stainless-retry-count"] for r in server.chats] == ["0", "1"]
-    assert ctx.case.llm_calls == 1
+    assert ctx.case.llm_calls == 2 and ctx.case.brain_calls == 1  # the retried request counts too
 
 
 @pytest.mark.timeout(60)
@@ -213,7 +213,7 @@ def test_500_is_retried_max_retries_times_then_fails_clearly(tmp_path: Path, max
 
     assert len(server.chats) == max_retries + 1
     assert f"up to {max_retries} retries" in str(raised.value) and "case-wire" in str(raised.value)
-    assert ctx.case.llm_calls == 0
+    assert ctx.case.llm_calls == max_retries + 1 and ctx.case.llm_tokens == 0  # sent, but nothing answered
     assert "llm_call_failed" in _kinds(ctx)
 
 
@@ -243,14 +243,22 @@ def test_a_hung_model_is_retried_and_still_bounded(tmp_path: Path) -> None:
     assert len(server.chats) == 2 and elapsed < 20
 
 
-def test_a_malformed_body_is_a_clear_error_and_the_brain_keeps_working(tmp_path: Path) -> None:
+def test_a_malformed_body_is_a_clear_error_ends_the_stage_and_the_next_stage_works(tmp_path: Path) -> None:
     with OpenAIServer([malformed(), text("back to normal")]) as server:
         brain, ctx = _brain(tmp_path, server, max_retries=2)
         with pytest.raises(ModelUnavailable, match="not JSON"):
             brain.call([{"role": "user", "content": "go"}])
         assert len(server.chats) == 1  # a 200 that does not parse is not retried
-        assert brain.call([{"role": "user", "content": "again"}]) == "back to normal"
-    assert ctx.case.llm_calls == 1
+        # the stage is over: crewAI's converter would re-ask, nothing more is sent to a failed model
+        with pytest.raises(ModelUnavailable, match="not JSON"):
+            brain.call([{"role": "user", "content": "again"}])
+        assert len(server.chats) == 1 and ctx.halted is not None
+        # the next stage (a new brain on the same case) asks the model again
+        next_ctx = InvestigationContext(case=ctx.case, runtime=ctx.runtime, agent="hunter")
+        assert ctx.runtime.settings.llm is not None
+        following = budgeted_llm(ctx.runtime.settings.llm, next_ctx)
+        assert following.call([{"role": "user", "content": "again"}]) == "back to normal"
+    assert ctx.case.llm_calls == 2  # the garbled answer was a request too
 
 
 def test_a_wrong_key_is_not_retried_and_never_shown(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ class PlaybookBrain(BaseLLM):
     def call(self, messages: Any, tools: Any = None, callbacks: Any = None, available_functions: Any = None,
              from_task: Any = None, from_agent: Any = None, response_model: Any = None) -> Any:
         ctx = self.ctx
-        ctx.case.llm_calls += 1
+        ctx.case.brain_calls += 1
         names = {t.get("function", {}).get("name") for t in (tools or []) if isinstance(t, dict)}
         plan = PLANS.get(self.role)
         answer: Any

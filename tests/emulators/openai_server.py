@@ -15,7 +15,7 @@ is set.
 
 The script is a callable `(request body as JSON) -> reply`, or a list of replies served in order
 (`scripted(...)`). A reply is an `Answer` (content or tool calls, optional usage; usage is estimated
-when not given) or a `Fault`:
+when not given, and left out with `report_usage=False`) or a `Fault`:
   hang(seconds)           accept the request and answer nothing for `seconds` (a hung model: the
                           client's read timeout fires); released at once when the server stops
   rate_limited(after)     429 with `Retry-After` (OpenAI's rate-limit error body)
@@ -78,6 +78,7 @@ class Answer:
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: Literal["stop", "tool_calls", "length"] | None = None
     usage: dict[str, int] | None = None  # {"prompt_tokens", "completion_tokens"}; estimated when None
+    report_usage: bool = True  # False: no `usage` in the answer, as some servers do
 
 
 @dataclass
@@ -94,13 +95,14 @@ Script = Callable[[dict[str, Any]], Reply]
 
 
 # -- replies ---------------------------------------------------------------------------------------
-def text(content: str, usage: dict[str, int] | None = None) -> Answer:
-    return Answer(content=content, usage=usage)
+def text(content: str, usage: dict[str, int] | None = None, report_usage: bool = True) -> Answer:
+    return Answer(content=content, usage=usage, report_usage=report_usage)
 
 
 def call_tool(name: str, arguments: dict[str, Any] | str | None = None, *more: ToolCall,
-              usage: dict[str, int] | None = None) -> Answer:
-    return Answer(tool_calls=[ToolCall(name, arguments if arguments is not None else {}), *more], usage=usage)
+              usage: dict[str, int] | None = None, report_usage: bool = True) -> Answer:
+    return Answer(tool_calls=[ToolCall(name, arguments if arguments is not None else {}), *more], usage=usage,
+                  report_usage=report_usage)
 
 
 def hang(seconds: float = 30.0) -> Fault:
@@ -303,10 +305,12 @@ class OpenAIServer:
 
     def _completion(self, body: dict[str, Any], reply: Answer) -> dict[str, Any]:
         message, finish, calls = self._message(reply)
-        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-                "model": body.get("model"), "system_fingerprint": "fp_siemcrew_tests",
-                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-                "usage": self._usage(body, reply, calls)}
+        answer = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+                  "model": body.get("model"), "system_fingerprint": "fp_siemcrew_tests",
+                  "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]}
+        if reply.report_usage:
+            answer["usage"] = self._usage(body, reply, calls)
+        return answer
 
     def _chunks(self, body: dict[str, Any], reply: Answer) -> list[dict[str, Any]]:
         message, finish, calls = self._message(reply)
@@ -327,7 +331,7 @@ class OpenAIServer:
             for start in range(0, len(arguments), 16):
                 out.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[start:start + 16]}}]}))
         out.append(chunk({}, finish))
-        if (body.get("stream_options") or {}).get("include_usage"):
+        if (body.get("stream_options") or {}).get("include_usage") and reply.report_usage:
             out.append({**base, "choices": [], "usage": self._usage(body, reply, calls)})
         return out
 
