@@ -77,7 +77,9 @@ def _case_row(case: Any) -> dict[str, Any]:
     return {"id": case.id, "status": case.status, "verdict": case.verdict, "confidence": case.confidence,
             "alert": case.alert.id, "rule": case.alert.rule_name, "host": case.alert.primary_host,
             "affected_hosts": case.affected_hosts, "affected_users": case.affected_users, "rounds": case.round + 1,
-            "queries": case.queries, "actions": [f"{r.action}:{r.target}:{r.state}" for r in case.results]}
+            "queries": case.queries, "brain_calls": case.brain_calls, "llm_calls": case.llm_calls,
+            "llm_tokens": case.llm_tokens, "halt": case.halt.reason if case.halt else None,
+            "actions": [f"{r.action}:{r.target}:{r.state}" for r in case.results]}
 
 
 def _cases_table(cases: list[Any], title: str = "cases") -> None:
@@ -184,6 +186,29 @@ def investigate(alert: str = typer.Option(..., "--alert", "-a", help="Alert JSON
             console.print(f"[red]investigation of {item.id} failed:[/red] {type(exc).__name__}: {str(exc)[:500]}")
             raise typer.Exit(EXIT_ERROR) from None
     _emit([_case_row(c) for c in cases], as_json, lambda: _cases_table(cases))
+
+
+@app.command()
+def rerun(case_id: str, config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
+          by: str = typer.Option("cli", help="Who asks for the rerun (audited).")) -> None:
+    """Continue a case escalated because its model failed or its LLM budget ran out (raise the budget
+    first if it ran out); its evidence and finished stages are kept."""
+    from siemcrew.crew.operations import RerunError
+    from siemcrew.crew.operations import rerun as rerun_case
+
+    rt = _runtime(config)
+    try:
+        case = rerun_case(rt, case_id, by=by)
+    except KeyError:
+        console.print(f"[red]no case {case_id}[/red]")
+        raise typer.Exit(EXIT_ERROR) from None
+    except RerunError as exc:
+        console.print(f"[red]cannot rerun:[/red] {exc}")
+        raise typer.Exit(EXIT_ERROR) from None
+    except Exception as exc:  # noqa: BLE001 - the case is marked failed and audited; say why, briefly
+        console.print(f"[red]rerun of {case_id} failed:[/red] {type(exc).__name__}: {str(exc)[:500]}")
+        raise typer.Exit(EXIT_ERROR) from None
+    _emit([_case_row(case)], as_json, lambda: _cases_table([case]))
 
 
 @cases_app.command("list")

@@ -7,6 +7,11 @@ triage ─ benign with evidence → close
                               │                        └─ otherwise → act
                               ├─ incomplete, rounds left → hunt again (told the gaps)
                               └─ incomplete, no rounds left → escalate (no disruptive proposals)
+
+A stage run on a model that fails or runs out of budget raises `ModelHalted`; `operations` escalates the
+case to a human with what it holds. Stages record themselves in `case.stages_done` once their output is
+on the case, so a flow run again on the case (after a crash, or `siemcrew rerun` after a halt) takes
+them as done and continues with the first stage that did not finish.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from crewai.flow.flow import Flow, FlowState, listen, or_, router, start
 from crewai.flow.persistence import persist
 from pydantic import PrivateAttr
 
+from siemcrew.crew.brains.llm import BudgetedLLM, ModelHalted
 from siemcrew.crew.context import InvestigationContext
 from siemcrew.crew.indicators import short_host
 from siemcrew.crew.models import ActionProposal, Case
@@ -75,11 +81,31 @@ class InvestigationFlow(Flow[CaseState]):
         ctx = self._ctx(role)
         brain = rt.brain(role, ctx)
         ctx.audit("stage", {"stage": role, "round": self.case.round, "brain": type(brain).__name__})
-        output = rt.crews.run(role, ctx, brain, self._inputs())
+        try:
+            output = rt.crews.run(role, ctx, brain, self._inputs())
+        except Exception as exc:
+            if isinstance(brain, BudgetedLLM) or ctx.halted is not None:
+                # the model's failure, whatever crewAI made of it (an empty answer is a ValueError,
+                # an unusable one a conversion error): the case goes to a human, it is not `failed`
+                raise ModelHalted.of(role, exc, ctx.halted) from exc
+            raise
+        if ctx.halted is not None:  # crewAI swallowed it (the converter) and produced something anyway
+            raise ModelHalted.of(role, None, ctx.halted)
         findings = getattr(output, "findings", None)
         if findings is not None:
             output.findings = ctx.accept_findings(list(findings), role)
         return output
+
+    def _done(self, stage: str) -> bool:
+        """The stage's output is on the case already (a flow run again after a crash or a halt)."""
+        if stage in self.case.stages_done:
+            self.case.note("flow", "stage_kept", stage)
+            return True
+        return False
+
+    def _finished(self, stage: str) -> None:
+        if stage not in self.case.stages_done:
+            self.case.stages_done.append(stage)
 
     def _save(self, event: str, detail: str = "") -> None:
         self.case.note("flow", event, detail)
@@ -98,10 +124,14 @@ class InvestigationFlow(Flow[CaseState]):
         case = self.case
         case.flow_id = self.state.id
         case.status = "investigating"
-        out = self._run("triage")
-        case.triage = out
+        if self._done("triage") and case.triage is not None:
+            out = case.triage
+        else:
+            out = self._run("triage")
+            case.triage = out
         case.verdict, case.confidence, case.summary = out.verdict, out.confidence, out.summary
         case.affected_hosts = [] if out.verdict == "benign" else [short_host(h) for h in case.alert.entities.hosts[:1]]
+        self._finished("triage")
         self._save("triaged", f"{out.verdict} ({out.confidence})")
         return out.verdict
 
@@ -115,22 +145,34 @@ class InvestigationFlow(Flow[CaseState]):
 
     @listen(or_("start_hunt", "hunt_again"))
     def hunt(self) -> None:
+        stage = f"hunter@{self.case.round}"
+        if self._done(stage):
+            return
         out = self._run("hunter")
         self.case.hunts.append(out)
+        self._finished(stage)
         self._save("hunted", f"round {self.case.round}: {len(out.findings)} finding(s)")
 
     @listen(hunt)
     def impact(self) -> None:
-        out = self._run("impact")
         case = self.case
+        stage = f"impact@{case.round}"
+        if self._done(stage) and case.impact is not None:
+            out = case.impact
+        else:
+            out = self._run("impact")
         case.impact = out
         case.verdict, case.confidence, case.summary = out.verdict, out.confidence, out.summary
         case.affected_hosts = [short_host(h) for h in out.affected_hosts]
         case.affected_users = list(out.affected_users)
+        self._finished(stage)
         self._save("assessed", f"{out.verdict} ({out.confidence}), hosts {case.affected_hosts}")
 
     @listen(impact)
     def verify_evidence(self) -> None:
+        stage = f"verifier@{self.case.round}"
+        if self._done(stage):
+            return
         report = self._check()
         out = self._run("verifier")
         extra = [c for c in getattr(out, "concerns", [])]
@@ -138,6 +180,7 @@ class InvestigationFlow(Flow[CaseState]):
             extra.append("the verifier agent judged the evidence incomplete")
             report.status = "incomplete"
         tighten(report, extra)
+        self._finished(stage)
         self._save("verified", f"{report.status}: {len(report.gaps)} gap(s)")
 
     @router(verify_evidence)
@@ -174,8 +217,11 @@ class InvestigationFlow(Flow[CaseState]):
 
     @listen("respond_case")
     def respond(self) -> None:
+        if self._done("responder"):
+            return
         out = self._run("responder")
         self.case.proposals = list(out.proposals)
+        self._finished("responder")
 
     @router(or_(close, escalate, respond))
     def gate(self) -> str:

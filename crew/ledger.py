@@ -200,6 +200,24 @@ class ActionLedger:
             )
             return Claim.from_row(self._require(conn, key))
 
+    def supersede(self, key: str, now: float | None = None) -> Claim | None:
+        """Free a finished key for one more execution, keeping its row under `<key>#superseded@<time>`.
+
+        Only for SIEM write-backs whose outcome a later attempt must replace (the alert status written when
+        a case was halted, before `rerun` continues it); a claim in progress or pending is never touched.
+        Returns the kept row, or None when there was nothing to supersede.
+        """
+        stamp = time.time() if now is None else now
+        with self.db.transaction() as conn:
+            row = self._row(conn, key)
+            if row is None:
+                return None
+            if row["state"] in ("claimed", "pending"):
+                raise LedgerError(f"{key} is {row['state']}; it cannot be superseded while it may still act")
+            kept = f"{key}#superseded@{stamp:.6f}"
+            conn.execute("UPDATE actions SET key=?, updated_at=?, version=version+1 WHERE key=?", (kept, stamp, key))
+            return Claim.from_row(self._require(conn, kept))
+
     def get(self, key: str) -> Claim | None:
         with self.db.transaction(write=False) as conn:
             row = self._row(conn, key)

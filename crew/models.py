@@ -306,6 +306,18 @@ class TimelineEntry(Model):
     detail: str = ""
 
 
+class Halt(Model):
+    """Why a case stopped before the crew finished: its model failed or its LLM budget ran out. The case is
+    escalated to a human with what it gathered; `siemcrew rerun` continues it from the stage that stopped."""
+
+    reason: Literal["model_unavailable", "budget_exhausted"]
+    stage: str
+    round: int = 0
+    detail: str = ""
+    budget: dict[str, int] = Field(default_factory=dict)  # the LLM budget in force when it stopped
+    at: datetime = Field(default_factory=utcnow)
+
+
 class Case(Model):
     """One persistent investigation; the crewAI flow state holds exactly this."""
 
@@ -335,6 +347,10 @@ class Case(Model):
     llm_calls: int = 0
     llm_tokens: int = 0
     brain_calls: int = 0
+    # stages whose output is on the case ("triage", "hunter@0", "impact@0", "verifier@0", "responder"):
+    # a flow run again on this case (after a crash, or a rerun after a halt) takes them as done
+    stages_done: list[str] = Field(default_factory=list)
+    halt: Halt | None = None
     queries: int = 0
     unsupported_findings: int = 0
     flow_id: str | None = None

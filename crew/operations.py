@@ -3,6 +3,11 @@
 Each is idempotent: an alert id seen before returns its case; a case already finished is not
 investigated again; a paused case waits for its decisions; a crashed case is resumed from its
 last persisted step, and the action ledger makes sure nothing is executed twice.
+
+A case whose model failed or whose LLM budget ran out is not a crash: it is escalated to a human at
+once (`halt_case`) with what it gathered, written back like any escalated case, and never retried
+automatically; `rerun` continues it when a person asks (after raising the budget, or once the model
+is back).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any, Callable, Iterator
 from contextlib import contextmanager
 
 from siemcrew.crew.approvals import ApprovalError
-from siemcrew.crew.models import Alert, Approval, Case
+from siemcrew.crew.models import ActionProposal, Alert, Approval, Case, Halt
 from siemcrew.crew.runtime import Runtime
 
 FINISHED = ("closed", "escalated")
@@ -33,12 +38,22 @@ class LockBusy(RuntimeError):
     """Another `siemcrew run` holds the lock."""
 
 
+class RerunError(RuntimeError):
+    """The case cannot be rerun (it was not halted by its model or budget, or the budget was not raised)."""
+
+
+HALT_LABEL = {"model_unavailable": "model unavailable", "budget_exhausted": "LLM budget exhausted"}
+# the SIEM write-backs of a halt; a rerun supersedes their ledger entries so that its outcome is written too
+HALT_WRITE_BACKS = ("update_alert", "escalate")
+
+
 @dataclass
 class RunSummary:
     fetched: int = 0
     investigated: int = 0
     skipped_known: int = 0
     failed: int = 0
+    halted: int = 0  # escalated because the model failed or the LLM budget ran out
     awaiting_approval: int = 0
     verdicts: dict[str, int] = field(default_factory=dict)
     cases: list[str] = field(default_factory=list)
@@ -94,6 +109,9 @@ def _run_case(rt: Runtime, case: Case) -> Case:
             result = flow.kickoff(inputs={"case": case.model_dump(mode="json")})
     except Exception as exc:
         case = flow.state.case or case
+        halted = _halted(exc)
+        if halted is not None:
+            return halt_case(rt, case, halted)
         case.status = "failed"
         case.note("flow", "failed", f"{type(exc).__name__}: {exc}"[:1000])
         rt.cases.save(case)
@@ -104,6 +122,103 @@ def _run_case(rt: Runtime, case: Case) -> Case:
         final.status = "awaiting_approval"
     rt.cases.save(final)
     return final
+
+
+def _halted(exc: BaseException) -> Any:
+    from siemcrew.crew.brains.llm import ModelHalted
+
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        if isinstance(current, ModelHalted):
+            return current
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _capped(verdict: str) -> str:
+    """An escalation is no verdict of the crew's: at most suspicious, and never a benign closure."""
+    return {"malicious": "suspicious", "benign": "inconclusive"}.get(verdict, verdict)
+
+
+def halt_case(rt: Runtime, case: Case, halted: Any) -> Case:
+    """Escalate a case whose model failed or ran out of budget: the evidence and findings it gathered stay,
+    the verdict is at most suspicious, the summary says a human is needed and why, and the alert is written
+    back as escalated through the same policy gate and executor as any escalation. No other action is
+    proposed; nothing retries it (see `rerun`)."""
+    llm = rt.settings.llm
+    case.halt = Halt(reason=halted.reason, stage=halted.stage, round=case.round, detail=halted.detail,
+                     budget={"max_calls_per_case": llm.max_calls_per_case,
+                             "max_tokens_per_case": llm.max_tokens_per_case} if llm else {})
+    label = HALT_LABEL[halted.reason]
+    case.verdict = _capped(case.verdict)  # type: ignore[assignment]
+    before = f" | before it stopped: {case.summary}" if case.summary else ""
+    case.summary = (f"needs human: {label} ({halted.stage} stage, round {case.round + 1}; {halted.detail}); "
+                    f"{len(case.evidence)} evidence item(s) and {len(case.findings)} finding(s) kept{before}")[:2000]
+    reason = f"needs human: {label} in the {halted.stage} stage"
+    case.proposals = [
+        ActionProposal(action="update_alert", target=case.alert.id,
+                       args={"status": "escalated", "verdict": case.verdict, "halt": halted.reason},
+                       reason=reason, proposed_by="flow"),
+        ActionProposal(action="escalate", target=case.id, args={"severity": "medium", "halt": halted.reason},
+                       reason=reason, proposed_by="flow"),
+    ]
+    case.note("flow", "halted", f"{label}: {halted.stage}: {halted.detail}"[:1000])
+    rt.audit.append("case_halted", "system", {"reason": halted.reason, "stage": halted.stage, "round": case.round,
+                                              "detail": halted.detail, "llm_calls": case.llm_calls,
+                                              "llm_tokens": case.llm_tokens, "evidence": len(case.evidence),
+                                              "budget": case.halt.budget}, case_id=case.id)
+    pending = rt.gate(case)
+    rt.act(case, auto_only=bool(pending))
+    rt.cases.save(case)
+    return case
+
+
+def rerun(rt: Runtime, case_id: str, by: str = "cli") -> Case:
+    """Continue a case that was escalated because its model failed or its budget ran out.
+
+    The case keeps its evidence, findings and counters; the stages that finished are kept, and the flow
+    continues with the one that stopped. The budget is per case over all attempts: the rerun may spend
+    what the configured budget leaves, so after "budget exhausted" raise `max_calls_per_case` /
+    `max_tokens_per_case` (or move the role to the playbook brain) first.
+    """
+    case = rt.cases.get(case_id)
+    if case.halt is None:
+        raise RerunError(f"{case_id} is {case.status} and was not stopped by its model or budget: nothing to rerun")
+    if not rt.cases.lease(case.id):
+        rt.audit.append("lease_busy", "system", {"case": case.id}, case_id=case.id)
+        return rt.cases.get(case.id)
+    try:
+        case = rt.cases.get(case_id)
+        halt = case.halt
+        if halt is None:
+            return case  # another process reran it meanwhile
+        llm = rt.settings.llm
+        if halt.reason == "budget_exhausted" and llm is not None and halt.stage in llm.roles and halt.budget == {
+                "max_calls_per_case": llm.max_calls_per_case, "max_tokens_per_case": llm.max_tokens_per_case}:
+            raise RerunError(
+                f"{case_id} used {case.llm_calls} requests and {case.llm_tokens} tokens of a budget that is "
+                f"unchanged ({llm.max_calls_per_case} requests, {llm.max_tokens_per_case} tokens per case): raise "
+                f"llm.max_calls_per_case / llm.max_tokens_per_case, or run the {halt.stage} role on the playbook "
+                "brain, then rerun")
+        for result in case.results:
+            if result.action in HALT_WRITE_BACKS:
+                rt.ledger.supersede(result.key)
+        case.halt = None
+        case.status = "investigating"
+        case.flow_id = None  # a new flow run over the case as the store holds it, finished stages kept
+        case.proposals, case.results = [], []
+        case.note(by, "rerun", f"after {HALT_LABEL[halt.reason]} in the {halt.stage} stage")
+        rt.audit.append("rerun", by, {"after": halt.reason, "stage": halt.stage, "llm_calls": case.llm_calls,
+                                      "llm_tokens": case.llm_tokens,
+                                      "budget": {"max_calls_per_case": llm.max_calls_per_case,
+                                                 "max_tokens_per_case": llm.max_tokens_per_case} if llm else {}},
+                        case_id=case.id)
+        rt.cases.save(case)
+        return _run_case(rt, case)
+    finally:
+        rt.cases.release(case.id)
 
 
 def decide(rt: Runtime, case_id: str, action: str, decision: str, by: str, reason: str,
@@ -244,6 +359,8 @@ def run(rt: Runtime, limit: int = 100, progress: Callable[[Alert], None] | None 
                 summary.errors.append(f"{alert.id}: {type(exc).__name__}: {exc}"[:300])
                 continue
             summary.cases.append(case.id)
+            if case.halt is not None:
+                summary.halted += 1
             summary.verdicts[case.verdict] = summary.verdicts.get(case.verdict, 0) + 1
             if case.status == "awaiting_approval":
                 summary.awaiting_approval += 1
@@ -253,4 +370,5 @@ def run(rt: Runtime, limit: int = 100, progress: Callable[[Alert], None] | None 
     return summary
 
 
-__all__ = ["ApprovalError", "LockBusy", "RunSummary", "decide", "investigate", "propose", "resume", "run", "run_case"]
+__all__ = ["ApprovalError", "LockBusy", "RerunError", "RunSummary", "decide", "halt_case", "investigate", "propose",
+           "rerun", "resume", "run", "run_case"]

@@ -27,7 +27,10 @@ def render_markdown(case: Case) -> str:
         f"- **Techniques:** {', '.join(alert.techniques) or '-'}",
         f"- **Affected hosts:** {', '.join(case.affected_hosts) or '-'}",
         f"- **Affected accounts:** {', '.join(case.affected_users) or '-'}",
-        f"- **Rounds:** {case.round + 1}  **Queries:** {case.queries}  **Brain calls:** {case.llm_calls}",
+        f"- **Rounds:** {case.round + 1}  **Queries:** {case.queries}  **Brain calls:** {case.brain_calls}  "
+        f"**Model requests:** {case.llm_calls}  **Model tokens:** {case.llm_tokens}",
+        *([f"- **Needs human:** {case.halt.reason.replace('_', ' ')} in the {case.halt.stage} stage "
+           f"(`siemcrew rerun {case.id}` continues it)"] if case.halt else []),
         "",
         "## Summary",
         "",

@@ -148,3 +148,16 @@ def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="ledger.db"):
         ActionLedger(path)
+
+
+def test_a_superseded_write_back_is_kept_under_a_new_key_and_its_key_is_free_again(ledger: ActionLedger) -> None:
+    key = "case-1:update_alert:alert-1"
+    assert ledger.claim(key, "update_alert", "alert-1", "a" * 64).acquired
+    with pytest.raises(LedgerError, match="cannot be superseded"):
+        ledger.supersede(key)  # still executing: never touched
+    ledger.update(key, "done", "alert set to escalated")
+    kept = ledger.supersede(key, now=1000.0)
+    assert kept is not None and kept.key == f"{key}#superseded@1000.000000" and kept.state == "done"
+    assert ledger.get(key) is None and ledger.get(kept.key).detail == "alert set to escalated"
+    assert ledger.claim(key, "update_alert", "alert-1", "b" * 64).acquired  # the rerun's write-back runs
+    assert ledger.supersede("case-1:update_alert:unknown") is None
