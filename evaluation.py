@@ -40,7 +40,8 @@ ANALYST_QUEUE = ("suspicious", "inconclusive", "error")
 METRIC_KEYS = ("alerts", "tp_recall", "tp_malicious_rate", "fp_rate", "fp_malicious_rate", "analyst_queue_rate",
                "accuracy", "host_recall", "host_precision", "account_recall", "account_precision",
                "evidence_complete_rate", "unsupported_findings", "seconds_per_alert_median",
-               "queries_per_alert_median", "llm_calls_per_alert_median", "skipped_files")
+               "queries_per_alert_median", "brain_calls_per_alert_median", "llm_calls_per_alert_median",
+               "llm_tokens_per_alert_median", "llm_halted", "skipped_files")
 # the verdict metrics the markdown report shows first
 QUALITY_KEYS = ("alerts", "tp_malicious_rate", "fp_malicious_rate", "analyst_queue_rate", "tp_recall", "fp_rate")
 # called with None and the number of alerts before the first investigation, then with each scored row
@@ -324,7 +325,9 @@ def _score(row: dict[str, str], split: str, gt: dict[str, Any], case: Any, secon
         "techniques": row.get("attack_tags", ""), "host": row["host"], "label": row["label"], "verdict": verdict,
         "hosts": hosts, "accounts": accounts, "truth_hosts": sorted(truth_hosts), "truth_accounts": sorted(truth_accounts),
         "verification": status, "seconds": round(seconds, 3), "queries": case.queries if case else 0,
-        "llm_calls": case.llm_calls if case else 0, "unsupported_findings": unsupported,
+        "brain_calls": case.brain_calls if case else 0, "llm_calls": case.llm_calls if case else 0,
+        "llm_tokens": case.llm_tokens if case else 0, "halt": case.halt.reason if case and case.halt else None,
+        "unsupported_findings": unsupported,
         "summary": (case.summary if case else error) or "",
         "gaps": [g.detail for g in case.verification.gaps] if case and case.verification else [],
         "case_id": case.id if case else None,
@@ -372,7 +375,12 @@ def _metrics(per_alert: list[dict[str, Any]], skipped_files: int) -> dict[str, A
         "unsupported_findings": sum(r["unsupported_findings"] for r in per_alert),
         "seconds_per_alert_median": median("seconds"),
         "queries_per_alert_median": median("queries"),
+        "brain_calls_per_alert_median": median("brain_calls"),
+        # requests sent to a model (retries and converter re-asks included) and the tokens they used
         "llm_calls_per_alert_median": median("llm_calls"),
+        "llm_tokens_per_alert_median": median("llm_tokens"),
+        # alerts escalated because the model failed or the LLM budget ran out
+        "llm_halted": sum(1 for r in per_alert if r["halt"]),
         "skipped_files": skipped_files,
     }
 

@@ -113,7 +113,8 @@ def _row(label: str, verdict: str, split: str = "dev") -> dict[str, Any]:
     return {"split": split, "dataset": "rec", "rule": "Some Rule", "rule_path": None, "techniques": "attack.t1003",
             "host": "H1", "label": label, "verdict": verdict, "hosts": ["H1"], "accounts": ["alice"],
             "truth_hosts": ["H1"], "truth_accounts": ["alice"], "verification": "complete", "seconds": 1.0,
-            "queries": 3, "llm_calls": 0, "unsupported_findings": 0, "summary": "", "gaps": [], "case_id": None}
+            "queries": 3, "brain_calls": 9, "llm_calls": 0, "llm_tokens": 0, "halt": None, "unsupported_findings": 0,
+            "summary": "", "gaps": [], "case_id": None}
 
 
 def _verdicts(result: dict[str, Any]) -> dict[str, Any]:
