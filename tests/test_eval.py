@@ -217,3 +217,20 @@ def test_parallel_workers_give_the_same_verdicts(two_datasets: list[Path], in_pr
     # each worker set crewAI up in its own folder; each recording had its own home (case store)
     assert any((tmp_path / "home" / "workers").iterdir())
     assert (tmp_path / "home" / "00-00" / "cases.db").exists() and (tmp_path / "home" / "01-00" / "cases.db").exists()
+
+
+def test_model_requests_tokens_and_halts_are_reported_per_alert_and_as_medians() -> None:
+    from siemcrew.crew.models import Alert, Case, Halt
+    from siemcrew.evaluation import _score
+
+    alert = Alert(id="a1", rule_name="r", timestamp="2024-01-01T00:00:00Z")
+    case = Case(id="case-1", alerts=[alert], llm_calls=7, llm_tokens=12_345, brain_calls=9,
+                halt=Halt(reason="budget_exhausted", stage="hunter"))
+    row = _score({"dataset": "rec", "rule_title": "r", "host": "H1", "label": "TP_attack"}, "dev", {}, case, 1.0, None)
+    assert (row["llm_calls"], row["llm_tokens"], row["brain_calls"], row["halt"]) == (7, 12_345, 9, "budget_exhausted")
+    rows = [_row("TP_attack", "malicious") | {"llm_calls": c, "llm_tokens": t, "halt": h}
+            for c, t, h in ((2, 100, None), (4, 300, "model_unavailable"), (10, 900, None))]
+    result = summarize(rows, 0)
+    assert (result["llm_calls_per_alert_median"], result["llm_tokens_per_alert_median"]) == (4, 300)
+    assert result["llm_halted"] == 1 and result["brain_calls_per_alert_median"] == 9
+    assert "| llm_tokens_per_alert_median | 300 |" in render_markdown(result)
