@@ -20,10 +20,9 @@ from siemcrew.crew.context import InvestigationContext
 from siemcrew.crew.models import Alert, Case
 from siemcrew.crew.runtime import Runtime
 
-from emulators.openai_server import OpenAIServer, call_tool, hang, server_error, text  # isort: skip
+from emulators.openai_server import LookupHost, OpenAIServer, call_tool, hang, server_error, text  # isort: skip
 
 from crewai import Agent, Crew, Task  # noqa: E402  (after siemcrew: offline switches first)
-from crewai.tools import BaseTool  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
 KEY_ENV = "SIEMCREW_TEST_LLM_KEY"
@@ -156,19 +155,6 @@ class _Verdict(BaseModel):
     summary: str
 
 
-class _HostArgs(BaseModel):
-    host: str
-
-
-class _LookupHost(BaseTool):
-    name: str = "lookup_host"
-    description: str = "Look a host up in the inventory."
-    args_schema: type[BaseModel] = _HostArgs
-
-    def _run(self, host: str) -> str:
-        return f"{host} is a Finance workstation"
-
-
 def test_converter_re_asks_are_counted_and_audited(tmp_path: Path) -> None:
     """A model that answers prose where the task wants JSON: crewAI's converter asks again with the response
     schema (`response_format`); that request goes through the budget like any other."""
@@ -183,7 +169,7 @@ def test_converter_re_asks_are_counted_and_audited(tmp_path: Path) -> None:
 
     with OpenAIServer(script) as server:
         brain, ctx = _brain(tmp_path, server)
-        agent = Agent(role="triage", goal="judge the alert", backstory="an analyst", llm=brain, tools=[_LookupHost()],
+        agent = Agent(role="triage", goal="judge the alert", backstory="an analyst", llm=brain, tools=[LookupHost(ran=[])],
                       max_retry_limit=0, max_iter=6, allow_delegation=False, verbose=False)
         task = Task(description="Judge host WS01.", expected_output="a verdict", agent=agent, output_pydantic=_Verdict)
         out = Crew(agents=[agent], tasks=[task], verbose=False).kickoff()

@@ -22,13 +22,12 @@ from siemcrew.crew.models import Alert, Case
 from siemcrew.crew.runtime import Runtime
 
 from emulators.openai_server import (  # isort: skip
+    LookupHost,
     OpenAIServer, bad_arguments, call_tool, empty, hang, malformed, rate_limited, server_error, text,
     unknown_tool,
 )
 
 from crewai import LLM, Agent, Crew, Task  # noqa: E402  (after siemcrew: offline switches first)
-from crewai.tools import BaseTool  # noqa: E402
-from pydantic import BaseModel  # noqa: E402
 
 MODEL = "scripted-model"
 KEY_ENV = "SIEMCREW_TEST_LLM_KEY"
@@ -119,22 +118,7 @@ def test_tool_call_round_trip(tmp_path: Path) -> None:
     assert body["tool_choice"] == "auto" and body["max_tokens"] == 2048
 
 
-class _HostArgs(BaseModel):
-    host: str
-
-
-class _LookupHost(BaseTool):
-    name: str = "lookup_host"
-    description: str = "Look a host up in the inventory."
-    args_schema: type[BaseModel] = _HostArgs
-    ran: list[str] = []
-
-    def _run(self, host: str) -> str:
-        self.ran.append(host)
-        return f"host {host} is a workstation in Finance"
-
-
-def _kickoff(llm: Any, tool: _LookupHost) -> Any:
+def _kickoff(llm: Any, tool: LookupHost) -> Any:
     agent = Agent(role="triage", goal="judge the alert", backstory="an analyst", llm=llm, tools=[tool],
                   max_retry_limit=0, max_iter=6, allow_delegation=False, verbose=False)
     task = Task(description="Look up host WS01 and say what it is.", expected_output="one sentence", agent=agent)
@@ -150,7 +134,7 @@ def test_an_agent_runs_a_tool_and_answers_over_the_wire(tmp_path: Path) -> None:
             return call_tool("lookup_host", {"host": "WS01"})
         return text(f"WS01: {results[-1]['content']}")
 
-    tool = _LookupHost(ran=[])
+    tool = LookupHost(ran=[])
     with OpenAIServer(script) as server:
         brain, ctx = _brain(tmp_path, server)
         out = _kickoff(brain, tool)
@@ -169,7 +153,7 @@ def test_an_agent_runs_a_tool_and_answers_over_the_wire(tmp_path: Path) -> None:
 
 
 def test_unknown_tools_and_bad_arguments_reach_no_tool(tmp_path: Path) -> None:
-    tool = _LookupHost(ran=[])
+    tool = LookupHost(ran=[])
     with OpenAIServer([unknown_tool("format_disk"), bad_arguments("lookup_host"), text("nothing to add")]) as server:
         brain, _ = _brain(tmp_path, server)
         out = _kickoff(brain, tool)
@@ -185,7 +169,7 @@ def test_an_empty_answer_ends_the_stage_with_an_error(tmp_path: Path) -> None:
     with OpenAIServer([empty(), text("never asked")]) as server:
         brain, _ = _brain(tmp_path, server)
         with pytest.raises(ValueError, match="empty"):
-            _kickoff(brain, _LookupHost(ran=[]))
+            _kickoff(brain, LookupHost(ran=[]))
     assert len(server.chats) == 1
 
 

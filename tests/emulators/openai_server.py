@@ -44,6 +44,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import siemcrew.crew.offline  # noqa: F401  (before crewai)
+from crewai.tools import BaseTool
+from pydantic import BaseModel
+
 CHAT_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"
 
@@ -391,3 +395,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
 
     do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+
+
+class _HostArgs(BaseModel):
+    host: str
+
+
+class LookupHost(BaseTool):
+    """A tool for agent-loop tests against the server: remembers the hosts it was asked about."""
+
+    name: str = "lookup_host"
+    description: str = "Look a host up in the inventory."
+    args_schema: type[BaseModel] = _HostArgs
+    ran: list[str] = []
+
+    def _run(self, host: str) -> str:
+        self.ran.append(host)
+        return f"host {host} is a workstation in Finance"
