@@ -2,11 +2,13 @@
 
 Each flow step runs a one-task crew: the role's agent, its tools bound to the case context, and
 its brain (playbook or LLM). Agents never retry a whole task (tools have side effects on the
-record) and never cache tool results (every query must be recorded).
+record), never cache tool results (every query must be recorded), never move tool results to files
+nor summarise the conversation with the model (either would take log text out of its fence).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,8 @@ ROLE_TOOLS: dict[str, list[str]] = {
     "verifier": [],
     "responder": [],
 }
+PLACEHOLDERS = {"case_id", "round", "brief"}  # crew/flow.py `_inputs`
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 ROLE_TASK = {"triage": "triage_task", "hunter": "hunt_task", "impact": "impact_task", "verifier": "verify_task",
              "responder": "respond_task"}
 
@@ -43,6 +47,12 @@ class CrewFactory:
                 raise SettingsError(f"{agents_file}: agent '{role}' is missing")
             if task_key not in self.tasks:
                 raise SettingsError(f"{tasks_file}: task '{task_key}' is missing")
+            for where, name, text in ((tasks_file, task_key, self.tasks[task_key].get("description", "")),
+                                      *((agents_file, role, self.agents[role].get(k, "")) for k in ("role", "goal", "backstory"))):
+                used = set(PLACEHOLDER.findall(str(text)))
+                if used - PLACEHOLDERS:
+                    raise SettingsError(f"{where}: {name} uses {sorted(used - PLACEHOLDERS)}; only {sorted(PLACEHOLDERS)} "
+                                        "may be used (the case's data reaches a stage fenced, in its task's {brief})")
 
     def run(self, role: str, ctx: InvestigationContext, brain: Any, inputs: dict[str, Any]) -> Any:
         """Run the role's task and return its pydantic output."""
@@ -52,6 +62,10 @@ class CrewFactory:
         agent = Agent(
             role=spec["role"], goal=spec["goal"], backstory=spec["backstory"], tools=tools, llm=brain,
             allow_delegation=False, max_retry_limit=0, cache=False, verbose=False, max_iter=12,
+            # crewAI would move a large tool result to a file under /tmp and show a 10-line preview (cutting a
+            # fence), or summarise an overflowing conversation with the model (log text re-worded outside any
+            # fence): tool results are bounded instead (tools/base.py), and an overflow stops the stage
+            use_better_compaction=False, respect_context_window=False,
         )
         output_model = getattr(models, task_spec["output"])
         task = Task(description=task_spec["description"], expected_output=task_spec["expected_output"],
