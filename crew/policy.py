@@ -1,9 +1,11 @@
 """The response policy gate: may this proposed action run automatically, with a human approval, or not at all?
 
 The decision is a pure function of the case's deterministic fields (verdict, confidence, latest
-verification status, alert entities, affected hosts/users), the proposal's action/target/args, the
-config, the asset inventory and a rate counter. Nothing a model writes in free text (reasons,
-summaries, statements) is read. A caller may make the policy stricter for one call (`PolicyOverride`),
+verification status, alert entities, affected hosts/users, the evidence its tools recorded), the
+proposal's action/target/args/cited evidence ids, the config, the asset inventory and a rate counter.
+Nothing a model writes in free text (reasons, summaries, statements) is read. Targets and arguments
+must have their kind's syntax (crew/targets.py), cited evidence must exist, and a disruptive action
+must cite evidence whose rows name its target. A caller may make the policy stricter for one call (`PolicyOverride`),
 never looser: `tighten` rejects any loosening with `PolicyLoosening`.
 """
 
@@ -19,10 +21,11 @@ from pydantic import Field, model_validator
 
 from siemcrew.crew.assets import AssetInventory, Tier, host_forms, load_yaml_model, split_user
 from siemcrew.crew.models import ActionProposal, Case, Confidence, Model, PolicyDecision, PolicyOutcome, Verdict
+from siemcrew.crew.targets import ValueKind, internal_address, names, process_target, process_named, valid
 from siemcrew.crew.timeutil import utcnow
 
 ApprovalMode = Literal["auto", "required", "never"]
-TargetKind = Literal["host", "user", "other"]
+TargetKind = Literal["host", "user", "indicator", "alert", "case", "other"]
 RecentCount = Callable[[str, float], int]
 """`recent_count(action, since_epoch)`: how many executions of `action` began at or after `since_epoch`."""
 
@@ -57,6 +60,8 @@ class TierRules(Model):
 
 class ActionRule(Model):
     target: TargetKind = "other"
+    args: dict[str, ValueKind] | None = None
+    """When set, the only arguments the action takes, each with the syntax of its kind."""
     approval: ApprovalMode = "required"
     disruptive: bool = False
     requires_verified: bool = False
@@ -77,10 +82,10 @@ class ActionRule(Model):
             raise ValueError(
                 "a disruptive action must set requires_verified: true (only verified cases may be disrupted)"
             )
-        if self.target == "other" and (
+        if self.target not in ("host", "user", "indicator") and (
             self.tiers.deny_on_tiers or self.tiers.approval_on_tiers or self.tiers.auto_on_tiers
         ):
-            raise ValueError("tier rules need `target: host` or `target: user`")
+            raise ValueError("tier rules need `target: host`, `target: user` or `target: indicator`")
         return self
 
 
@@ -248,7 +253,7 @@ class ResponsePolicy:
             decision.fire(base, "approval", f"{action} is approval={rule.approval}")
         subject = (
             str(proposal.args.get(rule.target) or proposal.target).strip()
-            if rule.target != "other"
+            if rule.target in ("host", "user")
             else proposal.target
         )
         if not proposal.target.strip():
@@ -258,9 +263,13 @@ class ResponsePolicy:
         if named is not None and str(named).strip().lower() != shown.strip().lower():
             # What an approver reads (the target) must be what the executor acts on (the arguments).
             decision.fire("denied", "target", f"arguments name {rule.target} {named!r}, the target is {proposal.target!r}")
+        well_formed = _check_syntax(decision, rule, case, proposal)
         self._check_case(decision, rule, case)
-        if rule.target != "other" and subject:
+        _check_evidence(decision, rule, case, proposal)
+        if rule.target in ("host", "user") and subject and well_formed:
             self._check_target(decision, rule, case, subject)
+        if rule.target == "indicator" and well_formed:
+            self._check_indicator(decision, rule, case, proposal.target)
         if rule.rate_limit is not None:
             since = now.timestamp() - rule.rate_limit.per_seconds
             count = recent_count(action, since)
@@ -326,6 +335,77 @@ class ResponsePolicy:
             )
         if rule.target_in_case and not _in_case(rule.target, subject, case):
             decision.fire("denied", "target_in_case", f"{rule.target} {subject} is not an entity of case {case.id}")
+
+
+    def _check_indicator(self, decision: _Decision, rule: ActionRule, case: Case, indicator: str) -> None:
+        """An address of the organisation's own, or a name the inventory knows, is never blocked without a
+        human (tier rules apply to a named asset); the indicator must be one the case's evidence shows."""
+        if internal_address(indicator):
+            decision.fire("approval_required", "internal_indicator", f"{indicator} is an internal address")
+        elif valid("domain", indicator):
+            host = self.inventory.host(indicator)
+            if host.tier != "unknown":
+                decision.fire("approval_required", "internal_indicator", f"{indicator} is an asset: {host.tier} ({host.role})")
+                tiers = rule.tiers
+                if host.tier in tiers.deny_on_tiers:
+                    decision.fire("denied", "deny_on_tiers", f"{indicator} is {host.tier}: denied on {host.tier}")
+        if rule.target_in_case and not any(names(item, "indicator", indicator) for item in case.evidence):
+            decision.fire("denied", "target_in_case", f"indicator {indicator} appears in no evidence of case {case.id}")
+
+
+def _check_syntax(decision: _Decision, rule: ActionRule, case: Case, proposal: ActionProposal) -> bool:
+    """The target and arguments have their kind's syntax; an alert or case target is this case's own.
+    A value shaped like a sentence never reaches an approver or an executor."""
+    target, ok = proposal.target.strip(), True
+    if rule.target == "host":
+        ok = valid("host", target) or process_target(target) is not None
+    elif rule.target in ("user", "indicator"):
+        ok = valid(rule.target, target)
+    elif rule.target == "alert":
+        ok = target in {alert.id for alert in case.alerts}
+    elif rule.target == "case":
+        ok = target == case.id
+    value = proposal.args.get("value")
+    if rule.target == "indicator" and value is not None and str(value).strip().lower() != target.lower():
+        decision.fire("denied", "target", f"arguments name {str(value)[:80]!r}, the target is {target[:80]!r}")
+    if not ok:
+        decision.fire("denied", "target_syntax", f"{proposal.target[:80]!r} is not a {rule.target} this case can act on")
+    if rule.args is not None:
+        for key, value in proposal.args.items():
+            kind = rule.args.get(key)
+            if kind is None:
+                decision.fire("denied", "arguments", f"{proposal.action} takes no argument {key[:40]!r}")
+                ok = False
+            elif not valid(kind, value):
+                decision.fire("denied", "arguments", f"argument {key[:40]!r} is not a valid {kind}")
+                ok = False
+    return ok
+
+
+def _check_evidence(decision: _Decision, rule: ActionRule, case: Case, proposal: ActionProposal) -> None:
+    """Cited evidence must exist; a disruptive action must cite evidence whose rows name its target."""
+    known = case.evidence_by_id()
+    missing = [eid for eid in proposal.evidence_ids if eid not in known]
+    if missing:
+        decision.fire("denied", "evidence", f"cites evidence that does not exist: {', '.join(m[:20] for m in missing[:3])}")
+        return
+    if not rule.disruptive:
+        return
+    cited = [known[eid] for eid in proposal.evidence_ids]
+    if not cited:
+        decision.fire("denied", "evidence", f"{proposal.action} cites no evidence")
+        return
+    target = proposal.target.strip()
+    if rule.target == "host":
+        process = process_target(target)
+        host = str(proposal.args.get("host") or target).strip()
+        shown = any(process_named(e, *process) for e in cited) if process else any(names(e, "host", host) for e in cited)
+    elif rule.target in ("user", "indicator"):
+        shown = any(names(e, rule.target, str(proposal.args.get(rule.target) or target)) for e in cited)
+    else:
+        shown = True
+    if not shown:
+        decision.fire("denied", "evidence", f"no cited evidence names {rule.target} {target[:80]!r}")
 
 
 def _in_case(kind: TargetKind, subject: str, case: Case) -> bool:

@@ -14,6 +14,7 @@ from siemcrew.crew.models import (
     ActionProposal, HuntResult, ImpactAssessment, ResponsePlan, TriageResult, VerificationReport,
 )
 from siemcrew.crew.reasoning import Assessment, Reasoner, effective_techniques
+from siemcrew.crew.targets import naming
 from siemcrew.crew.timeutil import iso, parse_time
 
 Call = tuple[str, dict[str, Any]]
@@ -233,22 +234,29 @@ def conclude_respond(ctx: InvestigationContext) -> ResponsePlan:
                                         reason="benign with evidence", evidence_ids=cite))
         return ResponsePlan(summary="close as benign", proposals=proposals)
     if case.verdict == "malicious" and case.confidence == "high":
+        grounds = [i for f in case.findings if f.kind in ("malicious", "suspicious") for i in f.evidence_ids]
+
+        def citing(kind: str, value: str) -> list[str]:  # the evidence naming the target, the findings' first
+            return naming(case.evidence, kind, value, prefer=grounds)
+
         for host in case.affected_hosts:
             proposals.append(ActionProposal(action="isolate_host", target=host, args={"host": host},
-                                            reason="host shows confirmed malicious activity", evidence_ids=cite))
+                                            reason="host shows confirmed malicious activity",
+                                            evidence_ids=citing("host", host)))
         for proc in a.malicious_processes[:3]:
             if short_host(proc["host"]) in {short_host(h) for h in case.affected_hosts}:
+                target = f"{proc['host']}:{proc['pid']}"
                 proposals.append(ActionProposal(
-                    action="kill_process", target=f"{proc['host']}:{proc['pid']}",
+                    action="kill_process", target=target,
                     args={"host": proc["host"], "pid": int(proc["pid"]), "executable": proc["executable"]},
-                    reason="malicious process", evidence_ids=cite))
+                    reason="malicious process", evidence_ids=citing("process", target)))
         for ip in a.rare_external_ips[:5]:
             proposals.append(ActionProposal(action="block_indicator", target=ip, args={"type": "ip", "value": ip},
                                             reason="rare external destination contacted by the malicious process tree",
-                                            evidence_ids=cite))
+                                            evidence_ids=citing("indicator", ip)))
         for user in case.affected_users:
             proposals.append(ActionProposal(action="disable_user", target=user, args={"user": user},
-                                            reason="account used in the attack", evidence_ids=cite))
+                                            reason="account used in the attack", evidence_ids=citing("user", user)))
     proposals.append(ActionProposal(action="update_alert", target=case.alert.id,
                                     args={"status": "escalated", "verdict": case.verdict},
                                     reason="write the verdict back to the SIEM", evidence_ids=cite))
