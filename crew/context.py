@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from siemcrew.crew.models import Case, Evidence, Finding, TimeRange
+from siemcrew.crew.reasoning import effective_techniques
 
 if TYPE_CHECKING:
     from siemcrew.crew.runtime import Runtime
@@ -71,19 +72,27 @@ class InvestigationContext:
         return out
 
     def accept_findings(self, findings: list[Finding], agent: str) -> list[Finding]:
-        """Keep findings that cite existing evidence; count and audit the rest (never trusted)."""
+        """Keep findings whose every cited id is evidence on record; a finding citing nothing, or any id
+        that does not exist, is rejected whole, counted and audited (never trusted in part). The code
+        fills what a model is not asked for: the id, the agent, the technique (the alert's, or what its
+        events show, for a malicious or suspicious claim)."""
         known = {e.id for e in self.case.evidence}
         kept: list[Finding] = []
+        techniques: list[str] | None = None
         for index, finding in enumerate(findings):
             finding.agent = agent
-            valid = [eid for eid in finding.evidence_ids if eid in known]
-            if not valid or len(valid) != len(finding.evidence_ids):
+            if not finding.evidence_ids or any(eid not in known for eid in finding.evidence_ids):
                 self.case.unsupported_findings += 1
-                self.audit("finding_rejected", {"statement": finding.statement[:300], "cited": finding.evidence_ids})
-                if not valid:
-                    continue
-                finding.evidence_ids = valid
-            finding.id = finding.id or f"f-{agent}-{self.case.round}-{len(self.case.findings) + index}"
+                self.audit("finding_rejected", {"statement": finding.statement[:300], "cited": finding.evidence_ids[:20],
+                                                "unknown": [e for e in finding.evidence_ids if e not in known][:20]})
+                continue
+            finding.evidence_ids = list(dict.fromkeys(finding.evidence_ids))
+            finding.id = f"f-{agent}-{self.case.round}-{len(self.case.findings) + index}"
+            if finding.kind in ("malicious", "suspicious"):
+                techniques = effective_techniques(self.case) if techniques is None else techniques
+                finding.technique = techniques[0] if techniques else None
+            else:
+                finding.technique = None
             kept.append(finding)
         with self.lock:
             existing = {(f.statement, tuple(f.evidence_ids)) for f in self.case.findings}

@@ -16,7 +16,6 @@ them as done and continues with the first stage that did not finish.
 
 from __future__ import annotations
 
-import json
 from typing import Any, ClassVar
 
 import siemcrew.crew.offline as offline
@@ -27,10 +26,12 @@ from crewai.flow.persistence import persist
 from pydantic import PrivateAttr
 
 from siemcrew.crew.brains.llm import BudgetedLLM, ModelHalted
+from siemcrew.crew.briefing import brief
 from siemcrew.crew.context import InvestigationContext
 from siemcrew.crew.indicators import short_host
 from siemcrew.crew.models import ActionProposal, Case
-from siemcrew.crew.timeutil import iso
+from siemcrew.crew.policy import VERDICT_RANK
+from siemcrew.crew.targets import names, valid
 from siemcrew.crew.verifier import tighten, verify
 
 offline.quiet()
@@ -64,17 +65,31 @@ class InvestigationFlow(Flow[CaseState]):
         return InvestigationContext(case=self.case, runtime=self._runtime, agent=agent, gaps=gaps)
 
     def _inputs(self) -> dict[str, Any]:
-        case, alert = self.case, self.case.alert
-        report = case.verification
-        return {
-            "case_id": case.id, "alert_id": alert.id, "rule_name": alert.rule_name, "severity": alert.severity,
-            "host": alert.primary_host or "-", "alert_time": iso(alert.timestamp),
-            "techniques": ", ".join(alert.techniques) or "-", "entities": json.dumps(alert.entities.model_dump()),
-            "round": case.round, "gaps": "; ".join(g.detail for g in report.gaps) if report else "none",
-            "verification": report.model_dump_json() if report else "{}", "verdict": case.verdict,
-            "confidence": case.confidence, "affected_hosts": ", ".join(case.affected_hosts) or "-",
-            "affected_users": ", ".join(case.affected_users) or "-",
-        }
+        """What a stage's task is told: the case id (made by the code) and round outside, everything
+        else in the fenced case record (crew/briefing.py)."""
+        return {"case_id": self.case.id, "round": self.case.round, "brief": brief(self.case)}
+
+    def _scope(self, stage: str, hosts: list[str], users: list[str]) -> tuple[list[str], list[str]]:
+        """The hosts and accounts a stage names that the case may hold in scope: well-formed names that
+        some evidence of the case shows in a host or account field. The others are dropped and audited,
+        so no name made up or read from an instruction in a log becomes a target."""
+        evidence = list(self.case.evidence)
+        alert_hosts = {short_host(h) for h in self.case.alert.entities.hosts}
+        kept_hosts, kept_users, dropped = [], [], []
+        for host in hosts:
+            if valid("host", host) and (short_host(host) in alert_hosts or any(names(e, "host", host) for e in evidence)):
+                kept_hosts.append(short_host(host))
+            else:
+                dropped.append(f"host {host[:80]!r}")
+        for user in users:
+            if valid("user", user) and any(names(e, "user", user) for e in evidence):
+                kept_users.append(user)
+            else:
+                dropped.append(f"user {user[:80]!r}")
+        if dropped:
+            self._runtime.audit.append("scope_rejected", stage, {"dropped": dropped[:20]}, case_id=self.case.id)
+            self.case.note("flow", "scope_rejected", f"{stage}: {len(dropped)} name(s) no evidence shows")
+        return list(dict.fromkeys(kept_hosts)), list(dict.fromkeys(kept_users))
 
     def _run(self, role: str) -> Any:
         rt = self._runtime
@@ -149,6 +164,7 @@ class InvestigationFlow(Flow[CaseState]):
         if self._done(stage):
             return
         out = self._run("hunter")
+        out.affected_hosts, out.affected_users = self._scope(stage, out.affected_hosts, out.affected_users)
         self.case.hunts.append(out)
         self._finished(stage)
         self._save("hunted", f"round {self.case.round}: {len(out.findings)} finding(s)")
@@ -161,12 +177,34 @@ class InvestigationFlow(Flow[CaseState]):
             out = case.impact
         else:
             out = self._run("impact")
+            out.affected_hosts, out.affected_users = self._scope(stage, out.affected_hosts, out.affected_users)
         case.impact = out
-        case.verdict, case.confidence, case.summary = out.verdict, out.confidence, out.summary
-        case.affected_hosts = [short_host(h) for h in out.affected_hosts]
-        case.affected_users = list(out.affected_users)
+        self._assess(out)
         self._finished(stage)
         self._save("assessed", f"{out.verdict} ({out.confidence}), hosts {case.affected_hosts}")
+
+    def _assess(self, out: Any) -> None:
+        """The impact stage adds to the case; it never erases what earlier stages established. Its verdict
+        stands when it is as grave as the case's, or when findings of its own (accepted: citing evidence
+        that exists) back the lower one; a benign verdict needs a benign finding. The scope is what the
+        earlier stages and the hunts showed plus what impact adds; only a backed benign verdict clears it."""
+        case = self.case
+        lower = VERDICT_RANK[out.verdict] < VERDICT_RANK[case.verdict]
+        backed = bool(out.findings) and (out.verdict != "benign" or any(f.kind == "benign" for f in out.findings))
+        if lower and not backed:
+            case.note("flow", "impact_verdict_kept", f"{case.verdict} kept: impact said {out.verdict} citing no evidence")
+            self._runtime.audit.append("impact_verdict_kept", "impact", {"kept": case.verdict, "proposed": out.verdict},
+                                       case_id=case.id)
+        else:
+            case.verdict, case.confidence = out.verdict, out.confidence
+        case.summary = out.summary or case.summary
+        if case.verdict == "benign":
+            case.affected_hosts, case.affected_users = [], []
+            return
+        hunted_hosts = [h for hunt in case.hunts for h in hunt.affected_hosts]
+        hunted_users = [u for hunt in case.hunts for u in hunt.affected_users]
+        case.affected_hosts = list(dict.fromkeys(short_host(h) for h in [*out.affected_hosts, *case.affected_hosts, *hunted_hosts]))
+        case.affected_users = list(dict.fromkeys([*out.affected_users, *case.affected_users, *hunted_users]))
 
     @listen(impact)
     def verify_evidence(self) -> None:
@@ -220,8 +258,24 @@ class InvestigationFlow(Flow[CaseState]):
         if self._done("responder"):
             return
         out = self._run("responder")
-        self.case.proposals = list(out.proposals)
+        self.case.proposals = self._proposals(list(out.proposals))
         self._finished("responder")
+
+    def _proposals(self, proposals: list[ActionProposal]) -> list[ActionProposal]:
+        """The responder's proposals as the gate and an approver see them: proposed by the responder, and
+        when a model wrote them, a reason the code states (the model's own words are audited, never shown
+        to an approver as the reason to act). The policy then checks targets, arguments and evidence."""
+        case = self.case
+        model = self._runtime.settings.llm is not None and "responder" in self._runtime.settings.llm.roles
+        for proposal in proposals:
+            proposal.proposed_by = "responder"
+            if model:
+                self._runtime.audit.append("proposal_reason", "responder", {
+                    "action": proposal.action[:40], "target": proposal.target[:200], "reason": proposal.reason[:500]},
+                    case_id=case.id)
+                cites = ", ".join(proposal.evidence_ids[:5]) or "no evidence"
+                proposal.reason = f"proposed by the responder model for a {case.verdict} ({case.confidence}) case; cites {cites}"
+        return proposals
 
     @router(or_(close, escalate, respond))
     def gate(self) -> str:

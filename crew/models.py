@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from siemcrew.crew.timeutil import iso, parse_time, utcnow
 
@@ -179,16 +180,19 @@ class Evidence(Model):
 
 
 class Finding(Model):
-    """A claim an agent makes; it must cite evidence ids that exist in the case."""
+    """A claim an agent makes; it must cite evidence ids that exist in the case.
 
-    id: str = ""
-    agent: str
+    `id`, `agent` and `technique` are filled by the code when the finding is accepted (crew/context.py),
+    so they are left out of the schema a model is asked to answer with."""
+
+    id: SkipJsonSchema[str] = ""
+    agent: SkipJsonSchema[str] = ""
     kind: Literal["malicious", "suspicious", "benign", "context"] = "context"
     confidence: Confidence = "medium"
     statement: str
     evidence_ids: list[str] = Field(default_factory=list)
     entities: list[str] = Field(default_factory=list)
-    technique: str | None = None
+    technique: SkipJsonSchema[str | None] = None
 
 
 class TriageResult(Model):
@@ -238,7 +242,7 @@ class ActionProposal(Model):
     args: dict[str, Any] = Field(default_factory=dict)
     reason: str = ""
     evidence_ids: list[str] = Field(default_factory=list)
-    proposed_by: str = "responder"
+    proposed_by: SkipJsonSchema[str] = "responder"  # filled by the code, not asked of a model
 
     @property
     def args_sha256(self) -> str:

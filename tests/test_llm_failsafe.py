@@ -151,16 +151,16 @@ def test_a_rerun_once_the_model_is_back_continues_from_the_stage_that_stopped(tm
 @pytest.mark.timeout(120)
 def test_out_of_budget_escalates_without_overshooting_and_a_raised_budget_continues(tmp_path: Path) -> None:
     with OpenAIServer(Hunter(None)) as server:
-        # the hunter's first request (~3 100 tokens of prompt and tool schemas, plus the 256-token answer cap)
-        # fits in 4 000; after it (1 520 by the server's usage), the next one (the same plus the tool's result)
-        # does not
-        rt = _runtime(tmp_path, server, max_tokens_per_case=4000, max_tokens=256)
+        # the hunter's first request (~5 600 tokens of prompt with the case record and tool schemas, plus the
+        # 256-token answer cap) fits in 8 000; after it (1 520 by the server's usage), the next one (the same
+        # plus the tool's result) does not
+        rt = _runtime(tmp_path, server, max_tokens_per_case=8000, max_tokens=256)
         case = investigate(rt, ALERT)
         sent = len(server.chats)
 
         _assert_escalated_for_a_human(rt, case, "budget_exhausted", "LLM budget exhausted")
         # checked before each call, against what it may cost: the second was never sent
-        assert sent == 1 and case.llm_calls == 1 and case.llm_tokens == 1520 <= 4000
+        assert sent == 1 and case.llm_calls == 1 and case.llm_tokens == 1520 <= 8000
         assert "llm_budget_exceeded" in [r.kind for r in _audit(rt)]
 
         with pytest.raises(RerunError, match="raise llm.max_calls_per_case"):
