@@ -234,3 +234,41 @@ def test_model_requests_tokens_and_halts_are_reported_per_alert_and_as_medians()
     assert (result["llm_calls_per_alert_median"], result["llm_tokens_per_alert_median"]) == (4, 300)
     assert result["llm_halted"] == 1 and result["brain_calls_per_alert_median"] == 9
     assert "| llm_tokens_per_alert_median | 300 |" in render_markdown(result)
+
+
+def test_eval_scores_a_users_own_model_and_reports_its_calls_and_tokens(tmp_path: Path) -> None:
+    """`siemcrew eval --config <llm config>`: the crew's triage on a model (here the OpenAI-compatible server
+    of tests/emulators, answering as a cautious model that reads the alert's chain and calls it suspicious),
+    scored like the playbooks, with the model's requests and tokens per alert in the result."""
+    import re
+
+    from emulators.openai_server import OpenAIServer, call_tool, text
+
+    def cautious(body: dict[str, Any]) -> Any:
+        said = "\n".join(str(m.get("content") or "") for m in body["messages"])
+        if not any(m["role"] == "tool" for m in body["messages"]):
+            alert = re.search(r'"alert": \{"id": "([^"]+)"', said)
+            return call_tool("alert_chain", {"alert_id": alert.group(1) if alert else ""},
+                             usage={"prompt_tokens": 3000, "completion_tokens": 30})
+        seen = re.findall(r"evidence (ev-[0-9a-f]{12}) kind=", said)
+        return text(json.dumps({"verdict": "suspicious", "confidence": "medium", "summary": "needs a closer look",
+                                "findings": [{"kind": "suspicious", "statement": "the alert's own chain",
+                                              "evidence_ids": seen[:1]}], "pivots": []}),
+                    usage={"prompt_tokens": 5000, "completion_tokens": 80})
+
+    dataset = _build(tmp_path / "otrf", "dev", {RECORDING: _rows(2)})
+    with OpenAIServer(cautious) as server:
+        config = tmp_path / "llm.yaml"
+        config.write_text(f"llm:\n  model: openai/scripted-model\n  base_url: {server.base_url}\n"
+                          "  api_key_env: SIEMCREW_EVAL_KEY\n  roles: [triage]\n  max_retries: 0\n  timeout_s: 10\n",
+                          encoding="utf-8")
+        proc = run_cli("eval", "--dataset", str(dataset), "--rules", str(RULES), "--config", str(config),
+                       "--jobs", "1", "--json", env={"SIEMCREW_EVAL_KEY": "sk-eval", "OPENAI_API_KEY": ""}, timeout=400)
+        chats = len(server.chats)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["alerts"] == 2 and not server.errors
+    # two requests per alert (the tool call, then the answer), tokens from the server's usage
+    assert chats == 4 and result["llm_calls_per_alert_median"] == 2
+    assert result["llm_tokens_per_alert_median"] == 3030 + 5080 and result["llm_halted"] == 0
+    assert all(row["llm_calls"] == 2 and row["verdict"] in ("suspicious", "malicious") for row in result["per_alert"])
