@@ -145,7 +145,8 @@ class InvestigationFlow(Flow[CaseState]):
             out = self._run("triage")
             case.triage = out
         case.verdict, case.confidence, case.summary = out.verdict, out.confidence, out.summary
-        case.affected_hosts = [] if out.verdict == "benign" else [short_host(h) for h in case.alert.entities.hosts[:1]]
+        hosts = [h for h in case.alert.entities.hosts[:1] if valid("host", h)]
+        case.affected_hosts = [] if out.verdict == "benign" else [short_host(h) for h in hosts]
         self._finished("triage")
         self._save("triaged", f"{out.verdict} ({out.confidence})")
         return out.verdict

@@ -195,25 +195,29 @@ def test_two_processes_deciding_at_once_exactly_one_wins(tmp_path: Path) -> None
 
 def test_policy_approval_and_ledger_together_execute_once(tmp_path: Path) -> None:
     from siemcrew.crew.ledger import ActionLedger
-    from siemcrew.crew.models import Alert, Case, Entities, VerificationReport
+    from siemcrew.crew.models import Alert, Case, Entities, Evidence, VerificationReport
     from siemcrew.crew.policy import ResponsePolicy
 
     alert = Alert(id="a1", rule_name="r", timestamp=utcnow(), entities=Entities(hosts=["WS-01"]))
     case = Case(id="case-1", alerts=[alert], verdict="malicious", confidence="high")
     case.verifications.append(VerificationReport(status="complete"))
+    seen = Evidence(kind="alert_events", connector="t", language="t", query="q", status="ok", count=1,
+                    sample=[{"host.hostname": "WS-01"}]).seal()
+    case.evidence.append(seen)
+    isolate = ISOLATE.model_copy(update={"args": {"host": "WS-01"}, "evidence_ids": [seen.id]})
     store, ledger = ApprovalStore(tmp_path / "a.db"), ActionLedger(tmp_path / "l.db")
     policy = ResponsePolicy.load()
-    decision = policy.evaluate(case, ISOLATE, ledger.count_since)
+    decision = policy.evaluate(case, isolate, ledger.count_since)
     assert decision.outcome == "approval_required"
-    store.request(case.id, ISOLATE, decision)
-    assert store.valid_for(case.id, ISOLATE) is None
+    store.request(case.id, isolate, decision)
+    assert store.valid_for(case.id, isolate) is None
     store.decide(case.id, "isolate_host", "approve", by="alice", reason="confirmed")
     executions = []
     for _ in range(2):
         if (
-            store.valid_for(case.id, ISOLATE)
-            and ledger.claim(ISOLATE.key(case.id), ISOLATE.action, ISOLATE.target, ISOLATE.args_sha256).acquired
+            store.valid_for(case.id, isolate)
+            and ledger.claim(isolate.key(case.id), isolate.action, isolate.target, isolate.args_sha256).acquired
         ):
-            executions.append(ledger.update(ISOLATE.key(case.id), "done", "contained"))
+            executions.append(ledger.update(isolate.key(case.id), "done", "contained"))
     assert len(executions) == 1
     assert ledger.count_since("isolate_host", utcnow().timestamp() - 3600) == 1

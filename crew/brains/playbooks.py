@@ -248,7 +248,8 @@ def conclude_respond(ctx: InvestigationContext) -> ResponsePlan:
                 target = f"{proc['host']}:{proc['pid']}"
                 proposals.append(ActionProposal(
                     action="kill_process", target=target,
-                    args={"host": proc["host"], "pid": int(proc["pid"]), "executable": proc["executable"]},
+                    args={k: v for k, v in {"host": proc["host"], "pid": int(proc["pid"]),
+                                            "executable": proc.get("executable")}.items() if v},
                     reason="malicious process", evidence_ids=citing("process", target)))
         for ip in a.rare_external_ips[:5]:
             proposals.append(ActionProposal(action="block_indicator", target=ip, args={"type": "ip", "value": ip},
