@@ -246,6 +246,8 @@ class InvestigationFlow(Flow[CaseState]):
         gaps = "; ".join(g.detail for g in case.verification.gaps) if case.verification else ""
         if case.verdict == "benign":
             case.verdict, case.confidence = "inconclusive", "low"  # an unverified benign claim is no verdict
+        elif case.verdict == "malicious" and any(g.check == "verdict" for g in (case.verification.gaps if case.verification else [])):
+            case.verdict = "suspicious"  # a malicious claim the recorded evidence does not support is not written back as one
         case.summary = f"{case.summary} | evidence incomplete after {case.round + 1} round(s): {gaps}"[:2000]
         case.proposals = [
             ActionProposal(action="update_alert", target=case.alert.id, args={"status": "escalated", "verdict": case.verdict},
@@ -268,6 +270,9 @@ class InvestigationFlow(Flow[CaseState]):
         to an approver as the reason to act). The policy then checks targets, arguments and evidence."""
         case = self.case
         model = self._runtime.settings.llm is not None and "responder" in self._runtime.settings.llm.roles
+        # one proposal per action and target (the first; a decision is kept per proposal key)
+        keys = [p.key(case.id) for p in proposals]
+        proposals = [p for index, p in enumerate(proposals) if keys.index(keys[index]) == index]
         for proposal in proposals:
             proposal.proposed_by = "responder"
             if model:

@@ -228,12 +228,24 @@ class Gap(Model):
     hint: str | None = None
 
 
+class Grounds(Model):
+    """What the deterministic reading of the recorded evidence holds against, at verification: the hosts
+    and accounts it finds affected, the processes it finds malicious (host:pid) and the indicators it finds
+    rare and contacted by them. A disruptive action may target nothing else, whoever proposed it."""
+
+    hosts: list[str] = Field(default_factory=list)
+    users: list[str] = Field(default_factory=list)
+    processes: list[str] = Field(default_factory=list)
+    indicators: list[str] = Field(default_factory=list)
+
+
 class VerificationReport(Model):
     status: Literal["complete", "incomplete"]
     round: int = 0
     gaps: list[Gap] = Field(default_factory=list)
     passed: list[str] = Field(default_factory=list)
     concerns: list[str] = Field(default_factory=list)
+    grounds: SkipJsonSchema[Grounds] = Field(default_factory=Grounds)  # written by the verifier's code only
 
 
 class ActionProposal(Model):

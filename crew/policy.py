@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 
 from siemcrew.crew.assets import AssetInventory, Tier, host_forms, load_yaml_model, split_user
 from siemcrew.crew.models import ActionProposal, Case, Confidence, Model, PolicyDecision, PolicyOutcome, Verdict
-from siemcrew.crew.targets import ValueKind, internal_address, names, process_target, process_named, valid
+from siemcrew.crew.targets import ValueKind, address_owners, internal_address, names, process_named, process_target, valid
 from siemcrew.crew.timeutil import utcnow
 
 ApprovalMode = Literal["auto", "required", "never"]
@@ -266,6 +266,8 @@ class ResponsePolicy:
         well_formed = _check_syntax(decision, rule, case, proposal)
         self._check_case(decision, rule, case)
         _check_evidence(decision, rule, case, proposal)
+        if rule.disruptive and well_formed:
+            _check_grounds(decision, rule, case, proposal)
         if rule.target in ("host", "user") and subject and well_formed:
             self._check_target(decision, rule, case, subject)
         if rule.target == "indicator" and well_formed:
@@ -342,13 +344,16 @@ class ResponsePolicy:
         human (tier rules apply to a named asset); the indicator must be one the case's evidence shows."""
         if internal_address(indicator):
             decision.fire("approval_required", "internal_indicator", f"{indicator} is an internal address")
-        elif valid("domain", indicator):
-            host = self.inventory.host(indicator)
-            if host.tier != "unknown":
-                decision.fire("approval_required", "internal_indicator", f"{indicator} is an asset: {host.tier} ({host.role})")
-                tiers = rule.tiers
-                if host.tier in tiers.deny_on_tiers:
-                    decision.fire("denied", "deny_on_tiers", f"{indicator} is {host.tier}: denied on {host.tier}")
+        # the asset an indicator names: a host name the inventory knows, or the hosts the case resolved an
+        # address to; tier rules apply to it as to a host target
+        assets = [indicator] if valid("domain", indicator) else sorted(address_owners(case.evidence, indicator))
+        for name in assets:
+            host = self.inventory.host(name)
+            if host.tier == "unknown":
+                continue
+            decision.fire("approval_required", "internal_indicator", f"{indicator} is {name}: {host.tier} ({host.role})")
+            if host.tier in rule.tiers.deny_on_tiers:
+                decision.fire("denied", "deny_on_tiers", f"{indicator} is {name}: denied on {host.tier}")
         if rule.target_in_case and not any(names(item, "indicator", indicator) for item in case.evidence):
             decision.fire("denied", "target_in_case", f"indicator {indicator} appears in no evidence of case {case.id}")
 
@@ -406,6 +411,39 @@ def _check_evidence(decision: _Decision, rule: ActionRule, case: Case, proposal:
         shown = True
     if not shown:
         decision.fire("denied", "evidence", f"no cited evidence names {rule.target} {target[:80]!r}")
+
+
+def _check_grounds(decision: _Decision, rule: ActionRule, case: Case, proposal: ActionProposal) -> None:
+    """A disruptive action's target must be one the deterministic reading of the evidence holds against
+    (the verifier's grounds): a host or account it finds affected, a process it finds malicious, an
+    indicator it finds rare and contacted. A name planted in a log and repeated by a model is none of these."""
+    latest = case.verification
+    if latest is None:
+        return  # requires_verified has denied it already
+    grounds, target = latest.grounds, proposal.target.strip()
+    if rule.target == "host" and process_target(target):
+        host, pid = process_target(target)  # type: ignore[misc]
+        held = any(_same_host(host, h) and int(p) == pid for h, _, p in (g.rpartition(":") for g in grounds.processes))
+    elif rule.target == "host":
+        held = any(_same_host(str(proposal.args.get("host") or target), h) for h in grounds.hosts)
+    elif rule.target == "user":
+        held = any(_same_user(str(proposal.args.get("user") or target), u) for u in grounds.users)
+    elif rule.target == "indicator":
+        held = target.lower() in {i.lower() for i in grounds.indicators}
+    else:
+        return
+    if not held:
+        decision.fire("denied", "grounds", f"the recorded evidence does not hold {rule.target} {target[:80]!r} "
+                                           "against this case (not in the verifier's grounds)")
+
+
+def _same_host(a: str, b: str) -> bool:
+    return bool(set(host_forms(a)) & set(host_forms(b)))
+
+
+def _same_user(a: str, b: str) -> bool:
+    (name_a, domain_a), (name_b, domain_b) = split_user(a), split_user(b)
+    return name_a == name_b and (domain_a is None or domain_b is None or domain_a.split(".")[0] == domain_b.split(".")[0])
 
 
 def _in_case(kind: TargetKind, subject: str, case: Case) -> bool:

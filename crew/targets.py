@@ -127,10 +127,18 @@ def _values(value: Any) -> Iterable[Any]:
         yield value
 
 
+# Evidence that lists where a value was seen (prevalence: every host that ever ran it) or what a lookup was
+# asked about (asset context, related cases) does not show a host, account or address taking part.
+NOT_NAMING = frozenset({"prevalence", "related_cases", "asset_context"})
+
+
 def named(evidence: Evidence) -> dict[str, set[str]]:
     """The hosts, users, IPs, hashes, domains and pids the evidence's rows name (lower-cased), by field
-    kind; an evidence item that found something (count > 0) also names the entity it was about."""
+    kind; an evidence item that found something (count > 0) also names the entity it was about. Lookups
+    and prevalence name nothing (NOT_NAMING)."""
     out: dict[str, set[str]] = {}
+    if evidence.language == "lookup" or evidence.kind in NOT_NAMING:
+        return out
     for row in evidence.sample:
         account_domain = str(row.get("user.domain") or "").lower()
         for key, value in row.items():
@@ -192,3 +200,12 @@ def naming(evidence: list[Evidence], kind: str, value: str, prefer: Iterable[str
     by_id = {item.id: item for item in evidence}
     ordered = [by_id[i] for i in preferred if i in by_id] + [e for e in evidence if e.id not in set(preferred)]
     return [item.id for item in ordered if shows(item)][:limit]
+
+
+def address_owners(evidence: list[Evidence], address: str) -> set[str]:
+    """The hosts the case's address resolution (`host_addresses` evidence about `address`) ties it to."""
+    owners: set[str] = set()
+    for item in evidence:
+        if item.kind == "host_addresses" and (item.entity or "").strip().lower() == address.strip().lower():
+            owners |= named(item).get("host", set())
+    return owners

@@ -12,7 +12,7 @@ from typing import Any
 
 from siemcrew.config.settings import load_yaml
 from siemcrew.crew.indicators import short_host
-from siemcrew.crew.models import Case, Gap, TimeRange, VerificationReport
+from siemcrew.crew.models import Case, Gap, Grounds, TimeRange, VerificationReport
 from siemcrew.crew.reasoning import Reasoner, effective_techniques
 
 CONFIDENCE_RANK = {"low": 0, "medium": 1, "high": 2}
@@ -163,7 +163,12 @@ def verify(case: Case, requirements: EvidenceRequirements, inventory: Any) -> Ve
     else:
         passed.append("verdict")
 
-    return VerificationReport(status="incomplete" if gaps else "complete", round=case.round, gaps=gaps, passed=passed)
+    grounds = Grounds(
+        hosts=[short_host(h) for h in assessment.affected_hosts], users=list(assessment.affected_users),
+        processes=[f"{p['host']}:{p['pid']}" for p in assessment.malicious_processes if p.get("host") and p.get("pid")],
+        indicators=list(assessment.rare_external_ips))
+    return VerificationReport(status="incomplete" if gaps else "complete", round=case.round, gaps=gaps, passed=passed,
+                              grounds=grounds)
 
 
 def verdict_problem(case: Case, requirements: EvidenceRequirements, deterministic: str | None = None) -> str | None:
@@ -172,6 +177,9 @@ def verdict_problem(case: Case, requirements: EvidenceRequirements, deterministi
     if case.verdict == "malicious":
         if not any(f.kind == "malicious" and CONFIDENCE_RANK[f.confidence] >= floor for f in case.findings):
             return "verdict malicious without a high-confidence malicious finding"
+        if deterministic == "benign":
+            # the same rule as for closing: a verdict that leads to containment needs the evidence behind it
+            return "the recorded evidence does not support malicious (it reads benign)"
     elif case.verdict == "benign":
         strong_bad = [f for f in case.findings if f.kind == "malicious" and CONFIDENCE_RANK[f.confidence] >= 1]
         if strong_bad:

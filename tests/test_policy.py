@@ -9,7 +9,7 @@ import pytest
 
 from siemcrew.crew.assets import AssetInventory
 from siemcrew.crew.ledger import ActionLedger
-from siemcrew.crew.models import ActionProposal, Alert, Case, Entities, Evidence, Gap, VerificationReport
+from siemcrew.crew.models import ActionProposal, Alert, Case, Entities, Evidence, Gap, Grounds, VerificationReport
 from siemcrew.crew.policy import PolicyError, PolicyLoosening, PolicyOverride, ResponsePolicy
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -22,6 +22,13 @@ ROWS = [{"host.hostname": "WS-01", "process.pid": 4242, "user.name": "jdoe", "us
         {"host.hostname": "DC01"}, {"host.hostname": "ws-02.corp.local"}, {"user.name": "adm-boss"},
         {"user.name": "jdoe", "user.domain": "OTHER"}, {"file.hash.sha256": SHA},
         {"destination.ip": "10.0.0.5"}, {"destination.ip": "185.220.101.47"}, {"destination.domain": "evil.example.com"}]
+
+
+# what the deterministic reading holds against (the verifier's grounds): every target these tests act on
+GROUNDS = Grounds(hosts=["WS-01", "DC01", "SRV-01", "WS-02"], users=["CORP\\jdoe", "adm-boss", "OTHER\\jdoe"],
+                  processes=["WS-01:4242", "SRV-01:77", "WS-01:1"],
+                  indicators=[SHA, "185.220.101.47", "evil.example.com", "10.0.0.5", "dc01.corp.local", "srv-01.corp.local",
+                              "10.0.1.10"])
 
 
 def cited(case: Case) -> list[str]:
@@ -44,7 +51,7 @@ def make_case(verified: str | None = "complete", verdict: str = "malicious", con
                                   count=len(ROWS), sample=ROWS).seal())
     if verified is not None:
         gaps = [] if verified == "complete" else [Gap(check="entities", detail="user not pivoted")]
-        case.verifications.append(VerificationReport(status=verified, round=1, gaps=gaps))
+        case.verifications.append(VerificationReport(status=verified, round=1, gaps=gaps, grounds=GROUNDS))
     return case
 
 
@@ -349,8 +356,36 @@ def test_blocking_an_internal_address_or_a_known_asset_needs_a_human(policy: Res
     assert internal.outcome == "approval_required" and "internal_indicator" in rules(internal)
     case = make_case()
     case.evidence.append(Evidence(kind="network", connector="test", language="test", query="q", status="ok", count=1,
-                                  sample=[{"destination.domain": "dc01.corp.local"}]).seal())
-    asset = decide(policy, case, "block_indicator", "dc01.corp.local")
+                                  sample=[{"destination.domain": "dc01.corp.local"}, {"destination.domain": "srv-01.corp.local"}]).seal())
+    asset = decide(policy, case, "block_indicator", "srv-01.corp.local")
     assert asset.outcome == "approval_required" and "internal_indicator" in rules(asset)
+    dc = decide(policy, case, "block_indicator", "dc01.corp.local")
+    assert dc.outcome == "denied" and "deny_on_tiers" in rules(dc)
     outsider = decide(policy, make_case(), "block_indicator", "198.51.100.9")
     assert outsider.outcome == "denied" and "target_in_case" in rules(outsider)
+
+
+def test_a_disruptive_target_must_be_in_the_verifiers_grounds(policy: ResponsePolicy) -> None:
+    """Evidence naming a host is not enough: the deterministic reading must hold it against the case."""
+    case = make_case()
+    case.verifications[-1].grounds = Grounds(hosts=["WS-02"], processes=["WS-01:4242"], indicators=["185.220.101.47"])
+    for action, target, args in (("isolate_host", "WS-01", {}), ("disable_user", "CORP\\jdoe", {}),
+                                 ("kill_process", "WS-01:1", {"host": "WS-01", "pid": 1}),
+                                 ("block_indicator", SHA, {})):
+        decision = decide(policy, case, action, target, **args)
+        assert decision.outcome == "denied" and "grounds" in rules(decision), action
+    assert decide(policy, case, "isolate_host", "ws-02.corp.local").outcome == "approval_required"
+    assert decide(policy, case, "kill_process", "WS-01:4242", host="WS-01", pid=4242).outcome == "auto"
+    assert decide(policy, case, "block_indicator", "185.220.101.47").outcome == "auto"
+
+
+def test_blocking_a_domain_controllers_address_is_denied_when_the_case_resolved_it(policy: ResponsePolicy) -> None:
+    case = make_case()
+    for item in (Evidence(kind="network_connections", connector="t", language="t", query="q", status="ok", count=1,
+                          sample=[{"host.hostname": "WS-01", "destination.ip": "10.0.1.10"}]),
+                 Evidence(kind="host_addresses", entity_type="ip", entity="10.0.1.10", connector="t", language="t",
+                          query="q", status="ok", count=1, sample=[{"host.hostname": "DC01", "count": 3}])):
+        case.evidence.append(item.seal())
+    decision = decide(policy, case, "block_indicator", "10.0.1.10", type="ip", value="10.0.1.10")
+    assert decision.outcome == "denied" and "deny_on_tiers" in rules(decision)
+    assert any("DC01" in r.upper() for r in decision.reasons)
