@@ -195,12 +195,12 @@ def test_two_processes_deciding_at_once_exactly_one_wins(tmp_path: Path) -> None
 
 def test_policy_approval_and_ledger_together_execute_once(tmp_path: Path) -> None:
     from siemcrew.crew.ledger import ActionLedger
-    from siemcrew.crew.models import Alert, Case, Entities, Evidence, VerificationReport
+    from siemcrew.crew.models import Alert, Case, Entities, Evidence, Grounds, VerificationReport
     from siemcrew.crew.policy import ResponsePolicy
 
     alert = Alert(id="a1", rule_name="r", timestamp=utcnow(), entities=Entities(hosts=["WS-01"]))
     case = Case(id="case-1", alerts=[alert], verdict="malicious", confidence="high")
-    case.verifications.append(VerificationReport(status="complete"))
+    case.verifications.append(VerificationReport(status="complete", grounds=Grounds(hosts=["WS-01"])))
     seen = Evidence(kind="alert_events", connector="t", language="t", query="q", status="ok", count=1,
                     sample=[{"host.hostname": "WS-01"}]).seal()
     case.evidence.append(seen)
