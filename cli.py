@@ -4,7 +4,8 @@ crewAI is imported only by commands that investigate, so `siemcrew --help`, `aud
 `cases` and `approvals` stay fast.
 
 Exit codes: 0 ok; 1 error (configuration, input, connector); 2 usage; 3 another `run` holds the
-lock; 4 some alerts failed (the others were processed; the checkpoint did not advance);
+lock; 4 needs attention: some alerts failed (the others were processed; the checkpoint did not advance),
+an alert input could not be read, or a write-back to the SIEM is still pending (kept and retried);
 5 the audit log failed verification; 6 approval refused (nothing pending, already decided, expired);
 7 `eval --require` quality bar not met.
 """
@@ -124,7 +125,7 @@ def demo(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
                           f"{first.action} --target {first.target} --by you --reason '...' --config {config}")
     _emit({"summary": summary.as_dict(), "cases": [_case_row(c) for c in cases],
            "pending": [p.model_dump(mode="json") for p in pending]}, as_json, human)
-    raise typer.Exit(EXIT_PARTIAL if summary.failed else EXIT_OK)
+    raise typer.Exit(EXIT_PARTIAL if summary.incomplete else EXIT_OK)
 
 
 def _run_with_progress(rt: Any, as_json: bool, limit: int = 100) -> Any:
@@ -158,7 +159,9 @@ def run(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
     rt = _runtime(config)
     summary = _run_with_progress(rt, as_json, limit)
     _emit(summary.as_dict(), True if as_json else False, lambda: _out().write(json.dumps(summary.as_dict()) + "\n"))
-    raise typer.Exit(EXIT_PARTIAL if summary.failed else EXIT_OK)
+    for line in [*summary.rejected_inputs, *summary.writeback_pending]:
+        console.print(f"[yellow]needs attention:[/yellow] {escape(line)}")
+    raise typer.Exit(EXIT_PARTIAL if summary.incomplete else EXIT_OK)
 
 
 @app.command()
@@ -213,12 +216,19 @@ def rerun(case_id: str, config: Optional[Path] = ConfigOpt, as_json: bool = Json
 
 @cases_app.command("list")
 def cases_list(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
-               status: Optional[str] = typer.Option(None, help="Only cases in this status.")) -> None:
+               status: Optional[str] = typer.Option(None, help="Only cases in this status; writeback_pending: "
+                                                              "cases with a write-back not yet in the SIEM.")) -> None:
     """List cases, newest alert first."""
     from siemcrew.crew.casestore import CaseStore
+    from siemcrew.crew.outbox import Outbox
 
     settings = _settings(config)
-    cases = CaseStore(settings.home_path / "cases.db").list(status=status)
+    store = CaseStore(settings.home_path / "cases.db")
+    if status == "writeback_pending":
+        waiting = {item.case_id for item in Outbox(settings.home_path / "outbox.db").pending()}
+        cases = [c for c in store.list() if c.id in waiting]
+    else:
+        cases = store.list(status=status)
     _emit([_case_row(c) for c in cases], as_json, lambda: _cases_table(cases))
 
 

@@ -31,10 +31,12 @@ class Decision(BaseModel):
 
 
 class Worker:
-    """One investigation at a time, in arrival order; crewAI flows run in this thread."""
+    """One investigation at a time, in arrival order; crewAI flows run in this thread. Between them (at most
+    every `outbox_every_s` while idle) it sends again the write-backs that are due (crew/outbox.py)."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: Any, outbox_every_s: float = 30.0) -> None:
         self.rt = runtime
+        self.outbox_every_s = outbox_every_s
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="siemcrew-worker", daemon=True)
         self.idle = threading.Event()
@@ -61,7 +63,11 @@ class Worker:
         from siemcrew.crew.operations import retryable, run_case
 
         while True:
-            case_id = self.queue.get()
+            try:
+                case_id = self.queue.get(timeout=self.outbox_every_s)
+            except queue.Empty:
+                self._drain()
+                continue
             if case_id is None:
                 return
             try:
@@ -75,6 +81,18 @@ class Worker:
                     self.idle.set()
 
 
+    def _drain(self) -> None:
+        from siemcrew.crew.operations import drain_outbox
+
+        try:
+            pending = drain_outbox(self.rt)
+        except Exception:  # noqa: BLE001 - the outbox keeps the items; the next round tries again
+            log.exception("write-back retry round failed")
+            return
+        if pending:
+            log.warning("%d write-back(s) still pending: %s", len(pending), "; ".join(i.line() for i in pending[:3]))
+
+
 def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
     state: dict[str, Any] = {}
 
@@ -84,7 +102,7 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
 
         rt = runtime or Runtime(settings)
         state["rt"] = rt
-        state["worker"] = Worker(rt)
+        state["worker"] = Worker(rt, outbox_every_s=settings.serve.outbox_every_s)
         state["worker"].start()
         app.state.worker = state["worker"]
         yield

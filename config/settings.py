@@ -94,6 +94,8 @@ class ServeSettings(Section):
     # Splunk app also holds) can never approve; no approvers configured means no HTTP approvals.
     approvers: dict[str, str] = Field(default_factory=dict)
     workers: int = 1
+    # while idle, the worker sends again the write-backs that are due at most this often (crew/outbox.py)
+    outbox_every_s: float = Field(default=30.0, gt=0)
 
 
 class Settings(BaseSettings):

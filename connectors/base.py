@@ -76,12 +76,18 @@ class SearchResult(BaseModel):
 class AlertBatch(BaseModel):
     alerts: list[Alert]
     checkpoint: str | None = None
+    problems: list[str] = Field(default_factory=list)
+    """Inputs that could not be read as alerts (a file that is not JSON, a row without the fields an alert
+    needs): `run` lists them and exits 4, they are never skipped in silence."""
 
 
 class AlertUpdate(BaseModel):
     """A verdict written back to the source: workflow status plus a human-readable comment."""
 
     status: Literal["in_progress", "acknowledged", "closed", "escalated"]
+    retry: bool = False
+    """A retry of a write-back that failed before (crew/outbox.py): where the earlier write may have landed
+    with its answer lost, the connector reads back first and does not write it twice."""
     verdict: str
     comment: str
     summary: str = ""

@@ -68,6 +68,18 @@ def checks(settings: Settings, data_days: int | None = 7) -> list[dict[str, Any]
 
     results.append(_check("audit log", audit))
 
+    def outbox() -> str:
+        from siemcrew.crew.outbox import Outbox
+
+        path = home / "outbox.db"
+        pending = Outbox(path).pending() if path.exists() else []
+        if pending:
+            raise RuntimeError(f"{len(pending)} write-back(s) not yet in the SIEM (retried by run and serve): "
+                               + "; ".join(item.line() for item in pending[:3]))
+        return "every write-back reached the SIEM"
+
+    results.append(_check("write-backs", outbox))
+
     def connector() -> str:
         from siemcrew.crew.runtime import build_siem
 

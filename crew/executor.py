@@ -14,6 +14,7 @@ from siemcrew.connectors.base import AlertUpdate, ConnectorError
 from siemcrew.crew.models import ActionProposal, ActionResult, Approval, Case
 
 SIEM_ACTIONS = {"update_alert", "close_alert", "escalate", "add_case_comment"}
+WRITE_BACKS = SIEM_ACTIONS - {"escalate"}  # what reaches the SIEM (escalate is the case's own state)
 ENDPOINT_ACTIONS = {"isolate_host": "contain", "release_host": "release", "kill_process": "kill_process"}
 
 
@@ -25,11 +26,14 @@ class ActionExecutor:
         ledger = self.rt.ledger
         key = proposal.key(case.id)
         claim = ledger.claim(key, proposal.action, proposal.target, proposal.args_sha256)
+        retry = False
         if not claim.acquired and (claim.state == "failed" or (
                 claim.state == "claimed" and key in {c.key for c in ledger.stale_claims(older_than_s=0)})):
             # The earlier attempt failed, or its process died before recording an outcome: take it over.
-            # SIEM write-backs are idempotent and EDR actions re-read the vendor's state before sending.
+            # SIEM write-backs read back first (AlertUpdate.retry) and EDR actions re-read the vendor's
+            # state before sending.
             claim = ledger.reclaim(claim, args_sha256=proposal.args_sha256)
+            retry = claim.acquired
         if not claim.acquired:
             # Executed (or started) before, by this or another process: never a second time.
             return ActionResult(key=key, action=proposal.action, target=proposal.target,
@@ -40,33 +44,41 @@ class ActionExecutor:
         self.rt.audit.append("action_start", who, {"key": key, "action": proposal.action, "target": proposal.target,
                                                   "args_sha256": proposal.args_sha256}, case_id=case.id)
         try:
-            state, executor, detail, ticket = self._dispatch(case, proposal, comment)
+            state, executor, detail, ticket = self._dispatch(case, proposal, comment, retry)
         except ConnectorError as exc:
             state, executor, detail, ticket = "failed", "connector", str(exc)[:500], None
         except Exception as exc:  # noqa: BLE001 - record the outcome; a claim must never dangle
             state, executor, detail, ticket = "failed", "executor", f"{type(exc).__name__}: {exc}"[:500], None
         ledger.update(key, state, detail, ticket=ticket)
+        if proposal.action in WRITE_BACKS:
+            if state == "failed":
+                # kept, and retried by this run, later runs and serve until it lands (crew/outbox.py)
+                item = self.rt.outbox.failed(key, case.id, "action", proposal.action, proposal.target, detail)
+                detail = f"{detail} [write-back kept in the outbox: attempt {item.attempts}, retried]"[:500]
+            elif self.rt.outbox.done(key):
+                self.rt.audit.append("outbox_done", who, {"key": key}, case_id=case.id)
         _fault_point(f"after_action:{proposal.action}")
         result = ActionResult(key=key, action=proposal.action, target=proposal.target, state=state,
                               executor=executor, detail=detail, ticket=ticket)
         self.rt.audit.append("action", who, result.model_dump(mode="json"), case_id=case.id)
         return result
 
-    def _dispatch(self, case: Case, proposal: ActionProposal, comment: str) -> tuple[Any, str, str, str | None]:
+    def _dispatch(self, case: Case, proposal: ActionProposal, comment: str, retry: bool = False
+                  ) -> tuple[Any, str, str, str | None]:
         action = proposal.action
         if action == "escalate":
             # The hand-over to a human is the case's own state (published with the case); the alert's
             # status is written once, by update_alert.
             return "done", "case", f"case escalated for human review ({proposal.args.get('severity', 'medium')})", None
         if action in SIEM_ACTIONS:
-            return self._siem(case, proposal, comment)
+            return self._siem(case, proposal, comment, retry)
         if action in ENDPOINT_ACTIONS and self.rt.settings.executor == "edr":
             edr_action: Callable[..., Any] | None = self.rt.edr_executor(proposal, comment, case)
             if edr_action is not None:
                 return edr_action()
         return "dry_run", "dry-run", f"would {action} {proposal.target} with {proposal.args} ({comment})", None
 
-    def _siem(self, case: Case, proposal: ActionProposal, comment: str) -> tuple[Any, str, str, str | None]:
+    def _siem(self, case: Case, proposal: ActionProposal, comment: str, retry: bool) -> tuple[Any, str, str, str | None]:
         siem = self.rt.siem
         alert = next((a for a in case.alerts if a.id == proposal.target), case.alert)
         # The status written back follows from the case, never from a proposal's arguments: only a
@@ -77,7 +89,7 @@ class ActionExecutor:
             status = "escalated" if case.verdict != "benign" else "in_progress"
         update = AlertUpdate(status=status,
                              verdict=case.verdict, comment=f"{comment}: {case.verdict} ({case.confidence}). {case.summary}"[:4000],
-                             summary=case.summary[:4000], report_link=self.rt.report_link(case))
+                             summary=case.summary[:4000], report_link=self.rt.report_link(case), retry=retry)
         for item in case.alerts if proposal.action != "update_alert" else [alert]:
             siem.update_alert(item, update)
         return "done", siem.name, f"{proposal.action}: alert(s) set to {update.status}", None

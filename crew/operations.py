@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -23,7 +24,8 @@ from contextlib import contextmanager
 
 from siemcrew.crew.approvals import ApprovalError
 from siemcrew.crew.models import ActionProposal, Alert, Approval, Case, Halt
-from siemcrew.crew.runtime import Runtime
+from siemcrew.crew.outbox import BACKOFF_S, OutboxItem
+from siemcrew.crew.runtime import Runtime, final_status
 
 FINISHED = ("closed", "escalated")
 MAX_ATTEMPTS = 3  # a case whose flow crashed is tried again, this many times in all
@@ -58,7 +60,14 @@ class RunSummary:
     verdicts: dict[str, int] = field(default_factory=dict)
     cases: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    rejected_inputs: list[str] = field(default_factory=list)  # alert inputs that could not be read
+    writeback_pending: list[str] = field(default_factory=list)  # write-backs still in the outbox
     checkpoint: str | None = None
+
+    @property
+    def incomplete(self) -> bool:
+        """Something needs an operator: an alert failed, an input was unreadable or a write-back is pending."""
+        return bool(self.failed or self.rejected_inputs or self.writeback_pending)
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -322,6 +331,46 @@ def write_checkpoint(rt: Runtime, checkpoint: str | None) -> None:
     os.replace(tmp, path)
 
 
+def drain_outbox(rt: Runtime, now: float | None = None) -> list[OutboxItem]:
+    """Send again the write-backs whose retry is due (crew/outbox.py); returns what is still pending.
+
+    An alert update goes through the executor again (the failed ledger claim is taken over, the policy asked
+    again, the connector reads back first where the earlier write may have landed); a case record is
+    published again. A write-back whose proposal is no longer on the case (superseded by a rerun) is done.
+    """
+    from siemcrew.crew.executor import ActionExecutor
+
+    for item in rt.outbox.due(now):
+        case = rt.cases.get(item.case_id)
+        if case is None:
+            continue
+        rt.audit.append("outbox_retry", "system", {"key": item.key, "attempt": item.attempts + 1}, case_id=case.id)
+        if item.kind == "publish":
+            rt.publish(case)
+            continue
+        proposal = next((p for p in case.proposals if p.key(case.id) == item.key), None)
+        decision = rt.policy.evaluate(case, proposal, rt.ledger.count_since) if proposal else None
+        if proposal is None or decision is None or decision.outcome == "denied":
+            rt.outbox.done(item.key)  # nothing left to write: superseded, or no longer allowed
+            rt.audit.append("outbox_dropped", "system", {"key": item.key, "reasons": decision.reasons if decision else []},
+                            case_id=case.id)
+            continue
+        approval = rt.approvals.valid_for(case.id, proposal) if decision.outcome == "approval_required" else None
+        if decision.outcome == "approval_required" and approval is None:
+            continue  # waits for its approval like any other action
+        result = ActionExecutor(rt).execute(case, proposal, approval)
+        case.results = [result if r.key == result.key else r for r in case.results]
+        if result.key not in {r.key for r in case.results}:
+            case.results.append(result)
+        case.note("outbox", "write_back_retried", f"{proposal.action}: {result.state}")
+        if case.status in ("closed", "escalated"):
+            case.status = final_status(case)  # a benign case whose alert is now closed is closed
+        rt.cases.save(case)
+        if result.state == "done":
+            rt.publish(case)  # the case record shows the write-back landed
+    return rt.outbox.pending()
+
+
 def run(rt: Runtime, limit: int = 100, progress: Callable[[Alert], None] | None = None) -> RunSummary:
     """Cron mode: fetch since the checkpoint, investigate, advance the checkpoint, summarize.
 
@@ -330,6 +379,7 @@ def run(rt: Runtime, limit: int = 100, progress: Callable[[Alert], None] | None 
     """
     summary = RunSummary()
     with run_lock(rt.settings.home_path / "run.lock"):
+        drain_outbox(rt, now=float("inf"))  # a run (cron spaces them) tries every pending write-back first
         unfinished = rt.cases.list(status="investigating") + rt.cases.list(status="new") + rt.cases.list(status="failed")
         for case in (c for c in unfinished if retryable(c)):
             try:
@@ -344,6 +394,7 @@ def run(rt: Runtime, limit: int = 100, progress: Callable[[Alert], None] | None 
                     summary.errors.append(f"{case.id}: {exc}"[:300])
         batch = rt.siem.fetch_alerts(read_checkpoint(rt), limit=limit)
         summary.fetched = len(batch.alerts)
+        summary.rejected_inputs = list(batch.problems)
         for alert in batch.alerts:
             if progress:
                 progress(alert)
@@ -367,8 +418,11 @@ def run(rt: Runtime, limit: int = 100, progress: Callable[[Alert], None] | None 
         if not summary.failed:
             write_checkpoint(rt, batch.checkpoint)
         summary.checkpoint = batch.checkpoint if not summary.failed else read_checkpoint(rt)
+        # write-backs that failed in this run are retried once more before it ends (a blip); what is still
+        # pending is listed (exit 4) and retried by the next run and by serve
+        summary.writeback_pending = [item.line() for item in drain_outbox(rt, now=time.time() + BACKOFF_S[0])]
     return summary
 
 
-__all__ = ["ApprovalError", "LockBusy", "RerunError", "RunSummary", "decide", "halt_case", "investigate", "propose",
+__all__ = ["ApprovalError", "LockBusy", "RerunError", "RunSummary", "decide", "drain_outbox", "halt_case", "investigate", "propose",
            "rerun", "resume", "run", "run_case"]

@@ -20,6 +20,7 @@ from siemcrew.crew.audit import AuditLog
 from siemcrew.crew.casestore import CaseStore
 from siemcrew.crew.ledger import ActionLedger
 from siemcrew.crew.models import ActionResult, Case, TimeRange
+from siemcrew.crew.outbox import Outbox
 from siemcrew.crew.policy import ResponsePolicy
 from siemcrew.crew.verifier import EvidenceRequirements
 
@@ -45,6 +46,13 @@ def build_siem(settings: Settings) -> Any:
     raise SettingsError(f"unknown source {settings.source!r}")
 
 
+def final_status(case: Case) -> Any:
+    """A finished case is closed when its benign verdict closed its alert in the SIEM, else escalated."""
+    if case.verdict == "benign" and any(r.action == "close_alert" and r.state == "done" for r in case.results):
+        return "closed"
+    return "escalated"
+
+
 class Runtime:
     def __init__(self, settings: Settings, siem: Any | None = None, llm_inner: Any = None) -> None:
         self.settings = settings
@@ -56,6 +64,7 @@ class Runtime:
         self.cases = CaseStore(home / "cases.db")
         self.approvals = ApprovalStore(home / "approvals.db")
         self.ledger = ActionLedger(home / "ledger.db")
+        self.outbox = Outbox(home / "outbox.db")
         self.inventory = AssetInventory.load(settings.config_file("assets"))
         self.policy = ResponsePolicy.load(settings.config_file("policy"), self.inventory)
         self.requirements = EvidenceRequirements.load(settings.config_file("evidence"))
@@ -205,18 +214,21 @@ class Runtime:
             case.status = "awaiting_approval"
             self.publish(case)  # the SIEM sees the case while it waits for a human
             return
-        if case.verdict == "benign" and any(r.action == "close_alert" and r.state == "done" for r in results):
-            case.status = "closed"
-        else:
-            case.status = "escalated"
+        case.status = final_status(case)
         self.publish(case)
 
     def publish(self, case: Case) -> None:
+        """Send the case record to the SIEM; one that fails is kept in the outbox and sent again later."""
+        key = f"{case.id}:publish"
         try:
             self.siem.publish_case(case)
-            self.audit.append("publish", "system", {"case": case.id, "connector": self.siem.name}, case_id=case.id)
-        except Exception as exc:  # noqa: BLE001 - a failed publish is recorded, the case stays correct
-            self.audit.append("publish_error", "system", {"error": str(exc)[:500]}, case_id=case.id)
+        except Exception as exc:  # noqa: BLE001 - a failed publish is kept and retried, the case stays correct
+            item = self.outbox.failed(key, case.id, "publish", "publish", case.id, f"{type(exc).__name__}: {exc}")
+            self.audit.append("publish_error", "system", {"error": str(exc)[:500], "attempt": item.attempts},
+                              case_id=case.id)
+            return
+        self.outbox.done(key)
+        self.audit.append("publish", "system", {"case": case.id, "connector": self.siem.name}, case_id=case.id)
 
     def report_link(self, case: Case) -> str:
         return f"siemcrew report {case.id}"

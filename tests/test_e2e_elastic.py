@@ -284,3 +284,32 @@ def test_run_recovers_from_429_503_and_timeouts_without_losing_or_repeating_work
         [UUIDS[ATTACK], UUIDS[BENIGN]])
     statuses = [r for r in elastic.requests if r.server == "kibana" and "signals/status" in r.path]
     assert len(statuses) == len(elastic.signal_status_updates) + 2  # the two refused attempts, then applied once each
+
+
+def test_a_signals_status_that_keeps_failing_is_kept_and_sent_by_the_next_run(
+        tmp_path: Path, elastic: ElasticEmulator) -> None:
+    """Kibana answering 503 to every signals/status and case call beyond the retries: the run exits 4 listing
+    the write-backs; the next run, with Kibana back, sends each exactly once and opens the Kibana case."""
+    _alerts(elastic, ATTACK, BENIGN)
+    config = _config(tmp_path, elastic)
+    elastic.fail_next("503", 400, server="kibana")
+
+    first = _cli(elastic, "run", "--json", "--config", config)
+    assert first.returncode == 4, first.stderr[-3000:]
+    summary = json.loads(first.stdout)
+    assert (summary["fetched"], summary["investigated"], summary["failed"]) == (2, 2, 0), summary
+    assert summary["writeback_pending"] and not elastic.signal_status_updates
+    waiting = _json(_cli(elastic, "cases", "list", "--status", "writeback_pending", "--json", "--config", config))
+    assert {c["alert"] for c in waiting} == {UUIDS[ATTACK], UUIDS[BENIGN]}
+
+    with elastic.lock:
+        elastic.faults.clear()  # Kibana is back
+    second = _cli(elastic, "run", "--json", "--config", config)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads(second.stdout)["writeback_pending"] == []
+    cases = {c["alert"]: c for c in _json(_cli(elastic, "cases", "list", "--json", "--config", config))}
+    assert cases[UUIDS[BENIGN]]["status"] == "closed"
+    assert [u for u in _status_updates(elastic, BENIGN)] and len(_status_updates(elastic, BENIGN)) == 1
+    assert len(_status_updates(elastic, ATTACK)) == 1
+    assert _json(_cli(elastic, "cases", "list", "--status", "writeback_pending", "--json", "--config", config)) == []
+    assert run_cli("audit", "verify", "--config", config).returncode == 0

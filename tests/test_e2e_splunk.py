@@ -334,3 +334,43 @@ def test_run_recovers_from_faults_without_losing_or_repeating_work(tmp_path: Pat
     assert [e["status"] for e in _hec_cases(splunkd)[benign_case]] == ["closed"]  # HEC busy once, indexed once
     checkpoint = json.loads((home / "checkpoint-splunk.json").read_text())["checkpoint"]
     assert checkpoint and NOTABLE_IDS[BENIGN] in checkpoint
+
+
+def test_write_backs_that_keep_failing_are_kept_listed_and_retried_by_the_next_run(
+        tmp_path: Path, splunkd: SplunkdEmulator) -> None:
+    """notable_update answering 500 and HEC busy beyond the connector's retries: nothing is lost. The run exits 4
+    listing the pending write-backs, `cases list --status writeback_pending` and `doctor` show them, the next run
+    sends them (reading back first), and each notable gets its verdict exactly once."""
+    splunkd.load([], [notable(ATTACK, NOTABLE_IDS[ATTACK]), notable(BENIGN, NOTABLE_IDS[BENIGN])])
+    config = _config(tmp_path, splunkd)
+    splunkd.fail_next("status", 50, path="notable_update", code=500)
+    splunkd.fail_next("hec_busy", 200)
+
+    first = _cli("run", "--json", "--config", config)
+    assert first.returncode == 4, first.stderr[-3000:]
+    summary = json.loads(first.stdout)
+    assert (summary["fetched"], summary["investigated"], summary["failed"]) == (2, 2, 0), summary
+    assert summary["writeback_pending"] and "needs attention" in first.stderr
+    pending_keys = {line.split(": ", 1)[0] for line in summary["writeback_pending"]}
+    assert any(k.endswith(":publish") for k in pending_keys)
+    assert any(":update_alert:" in k or ":close_alert:" in k for k in pending_keys)
+    assert not splunkd.notable_updates  # nothing reached splunkd
+    listed = json.loads(_cli("cases", "list", "--status", "writeback_pending", "--json", "--config", config).stdout)
+    assert {c["alert"] for c in listed} == {NOTABLE_IDS[ATTACK], NOTABLE_IDS[BENIGN]}
+    doctor = _cli("doctor", "--json", "--no-data", "--config", config)
+    checks = {c["check"]: c for c in json.loads(doctor.stdout)["checks"]}
+    assert not checks["write-backs"]["ok"] and "write-back(s) not yet in the SIEM" in checks["write-backs"]["detail"]
+    assert json.loads(_cli("cases", "list", "--json", "--config", config).stdout)  # cases are there, verdicts kept
+
+    for fault in splunkd.faults:  # splunkd is back
+        fault.remaining = 0
+    second = _cli("run", "--json", "--config", config)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads(second.stdout)["writeback_pending"] == []
+    for name in (ATTACK, BENIGN):
+        _assert_written_back(splunkd, name)
+    assert {e for e in _hec_cases(splunkd)} >= {c["id"] for c in listed}
+    assert json.loads(_cli("cases", "list", "--status", "writeback_pending", "--json", "--config", config).stdout) == []
+    kinds = [r["kind"] for r in audit_records(tmp_path / "home")]
+    assert "outbox_retry" in kinds
+    assert run_cli("audit", "verify", "--config", config).returncode == 0

@@ -105,6 +105,15 @@ def test_an_aggregating_notable_spans_its_first_and_last_events() -> None:
     assert alert.last_seen.timestamp() == T0 - 30 and alert.timestamp.timestamp() == T0 + 7
 
 
+def test_a_transient_server_error_on_the_alert_fetch_is_retried(splunkd: SplunkdEmulator) -> None:
+    """One HTTP 500 creating the notable search (a read) does not fail the run: it is sent again."""
+    expected = [a.id for a in connect(splunkd).fetch_alerts(None, limit=10).alerts]
+    splunkd.fail_next("status", 1, path="search/v2/jobs", code=500)
+    assert [a.id for a in connect(splunkd).fetch_alerts(None, limit=10).alerts] == expected and expected
+    assert [f.remaining for f in splunkd.faults] == [0]
+    assert 500 in {r.status for r in splunkd.requests}
+
+
 def test_a_malformed_checkpoint_is_a_clear_error(splunkd: SplunkdEmulator) -> None:
     with pytest.raises(ConnectorError, match="checkpoint"):
         connect(splunkd).fetch_alerts("not-json", limit=1)

@@ -235,7 +235,8 @@ class LocalConnector:
         file_alerts, problems = read_alert_files(self.alert_files)
         self.alert_problems = problems
         batch, new_checkpoint = next_batch([*file_alerts, *self.sigma_alerts()], checkpoint, limit)
-        return AlertBatch(alerts=batch, checkpoint=new_checkpoint)
+        return AlertBatch(alerts=batch, checkpoint=new_checkpoint,
+                          problems=[f"{name}: {reason}" for name, reason in problems])
 
     # -- write-back ------------------------------------------------------------------------------
     def update_alert(self, alert: Alert, update: AlertUpdate) -> None:

@@ -252,6 +252,10 @@ class SplunkConnector:
         if update.owner:
             form["newOwner"] = update.owner
 
+        if update.retry and self._notable_shows(alert, event_id, form):
+            log.info("splunk: notable %s already shows this update (an earlier answer was lost)", event_id)
+            return
+
         def send() -> None:
             response = self.service().post("/services/notable_update", **form)
             _check_notable_answer(response.body.read(), event_id)

@@ -31,7 +31,8 @@ log = logging.getLogger("siemcrew.splunk")
 
 T = TypeVar("T")
 
-RETRYABLE_STATUS = frozenset({502, 503, 504})
+# a read (a search, an alert fetch) may be sent again on any server-side failure: it changes nothing
+RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 NOT_APPLIED_STATUS = frozenset({429, 503})
 
 
