@@ -44,3 +44,52 @@ def test_run_lists_alert_inputs_it_cannot_read_and_exits_4(tmp_path: Path) -> No
     assert summary["failed"] == 0 and summary["investigated"] == 1
     assert len(summary["rejected_inputs"]) == 1 and "truncated.json" in summary["rejected_inputs"][0]
     assert "needs attention" in proc.stderr and "truncated.json" in proc.stderr
+
+
+class FlakySiem:
+    """The local SIEM, whose alert updates fail while `down` (as a SIEM in maintenance would answer)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.down = inner, True
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def update_alert(self, alert: object, update: object) -> None:
+        from siemcrew.connectors.base import ConnectorError
+
+        if self.down:
+            raise ConnectorError("local: the SIEM is in maintenance (HTTP 503)")
+        self.inner.update_alert(alert, update)  # type: ignore[attr-defined]
+
+
+def test_serve_sends_pending_write_backs_while_idle(tmp_path: Path) -> None:
+    import time
+
+    from siemcrew.config.settings import Settings
+    from siemcrew.connectors.local.factory import local_connector
+    from siemcrew.crew.models import Alert
+    from siemcrew.crew.operations import investigate
+    from siemcrew.crew.runtime import Runtime
+    from siemcrew.service import Worker
+
+    settings = Settings.load(EXAMPLES / "demo.yaml", home=str(tmp_path / "home"))
+    siem = FlakySiem(local_connector(settings))
+    rt = Runtime(settings, siem=siem)
+    benign = Alert.model_validate_json((EXAMPLES / "alerts" / "demo-4-procdump.json").read_text(encoding="utf-8"))
+    case = investigate(rt, benign)
+    assert case.verdict == "benign" and case.status == "escalated"  # its alert could not be closed
+    assert [i.action for i in rt.outbox.pending(case.id)] == ["close_alert"] and not siem.verdicts(benign.id)
+
+    siem.down = False
+    worker = Worker(rt, outbox_every_s=0.1)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while rt.outbox.pending() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        worker.stop()
+    assert rt.outbox.pending() == []
+    assert [v["status"] for v in siem.verdicts(benign.id)] == ["closed"]
+    assert rt.cases.get(case.id).status == "closed"
