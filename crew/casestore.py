@@ -5,6 +5,7 @@ are grouped into its case. SQLite, safe across processes.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import sqlite3
@@ -18,7 +19,9 @@ from typing import Iterator
 from siemcrew.crew.indicators import short_host
 from siemcrew.crew.ledger import process_alive
 from siemcrew.crew.models import Alert, Case, TimeRange
-from siemcrew.crew.timeutil import iso
+from siemcrew.crew.timeutil import iso, utcnow
+
+log = logging.getLogger("siemcrew")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cases (
@@ -33,6 +36,9 @@ CREATE TABLE IF NOT EXISTS intake_keys (
 );
 CREATE TABLE IF NOT EXISTS leases (
   case_id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+  id TEXT PRIMARY KEY, body TEXT NOT NULL, error TEXT NOT NULL, at TEXT NOT NULL
 );
 """
 LEASE_SECONDS = 1800.0
@@ -95,13 +101,14 @@ class CaseStore:
             rule = alert.rule_id or alert.rule_name
             start, end = iso(alert.timestamp - GROUP_WINDOW), iso(alert.timestamp + GROUP_WINDOW)
             rows = db.execute(
-                f"SELECT id FROM cases WHERE host = ? AND rule = ? AND alert_time BETWEEN ? AND ? "
+                f"SELECT id, body FROM cases WHERE host = ? AND rule = ? AND alert_time BETWEEN ? AND ? "
                 f"AND status IN ({','.join('?' * len(OPEN))}) ORDER BY alert_time LIMIT 20",
                 (host, rule, start, end, *OPEN),
             ).fetchall()
             # A duplicate is the same detection of the same actor: another process tripping the same rule
             # on the same host is another alert, judged by its own chain.
-            same = [c for c in (self._load(db, r[0]) for r in rows) if actor_of(c.alert) == actor_of(alert)]
+            found = (self._read(db, r[0], r[1]) for r in rows)
+            same = [c for c in found if c is not None and actor_of(c.alert) == actor_of(alert)]
             if same:
                 case = same[0]
                 case.alerts.append(alert)
@@ -155,9 +162,10 @@ class CaseStore:
     def _save(self, db: sqlite3.Connection, case: Case) -> None:
         # Alerts grouped into the case by intake while a flow was running must survive the flow's save.
         row = db.execute("SELECT body FROM cases WHERE id = ?", (case.id,)).fetchone()
-        if row:
+        stored = self._read(db, case.id, row[0]) if row else None
+        if stored is not None:
             known = {(a.source, a.id) for a in case.alerts}
-            for alert in Case.model_validate_json(row[0]).alerts:
+            for alert in stored.alerts:
                 if (alert.source, alert.id) not in known:
                     case.alerts.append(alert)
         db.execute(
@@ -173,7 +181,28 @@ class CaseStore:
         row = db.execute("SELECT body FROM cases WHERE id = ?", (case_id,)).fetchone()
         if not row:
             raise KeyError(case_id)
-        return Case.model_validate_json(row[0])
+        case = self._read(db, case_id, row[0])
+        if case is None:
+            raise KeyError(case_id)
+        return case
+
+    def _read(self, db: sqlite3.Connection, case_id: str, body: str) -> Case | None:
+        """The stored case, or None after moving a body that no longer reads as a case (written by an older
+        version, damaged, or a payload past today's limits) to the quarantine: one bad row must never stop
+        listing, `run` or `serve`. `quarantined()` lists them (doctor shows them)."""
+        try:
+            return Case.model_validate_json(body)
+        except (ValueError, RecursionError) as exc:  # pydantic's ValidationError is a ValueError
+            error = " ".join(str(exc).split())[:500]
+            log.error("case %s cannot be read and is quarantined: %s", case_id, error)
+            db.execute("INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?)", (case_id, body, error, iso(utcnow())))
+            db.execute("DELETE FROM cases WHERE id = ?", (case_id,))
+            return None
+
+    def quarantined(self) -> list[dict[str, str]]:
+        with self._tx() as db:
+            rows = db.execute("SELECT id, error, at FROM quarantine ORDER BY at").fetchall()
+        return [{"case": r[0], "error": r[1], "at": r[2]} for r in rows]
 
     def get(self, case_id: str) -> Case:
         with self._tx() as db:
@@ -193,7 +222,8 @@ class CaseStore:
     def list(self, status: str | None = None, limit: int = 200) -> list[Case]:
         with self._tx() as db:
             if status:
-                rows = db.execute("SELECT body FROM cases WHERE status = ? ORDER BY alert_time DESC LIMIT ?", (status, limit))
+                rows = db.execute("SELECT id, body FROM cases WHERE status = ? ORDER BY alert_time DESC LIMIT ?", (status, limit))
             else:
-                rows = db.execute("SELECT body FROM cases ORDER BY alert_time DESC LIMIT ?", (limit,))
-            return [Case.model_validate_json(r[0]) for r in rows.fetchall()]
+                rows = db.execute("SELECT id, body FROM cases ORDER BY alert_time DESC LIMIT ?", (limit,))
+            read = [self._read(db, r[0], r[1]) for r in rows.fetchall()]
+            return [case for case in read if case is not None]

@@ -80,6 +80,18 @@ def checks(settings: Settings, data_days: int | None = 7) -> list[dict[str, Any]
 
     results.append(_check("write-backs", outbox))
 
+    def quarantine() -> str:
+        from siemcrew.crew.casestore import CaseStore
+
+        path = home / "cases.db"
+        bad = CaseStore(path).quarantined() if path.exists() else []
+        if bad:
+            raise RuntimeError(f"{len(bad)} stored case(s) could not be read and were set aside: "
+                               + "; ".join(f"{b['case']} ({b['error'][:120]})" for b in bad[:3]))
+        return "every stored case reads"
+
+    results.append(_check("case store", quarantine))
+
     def connector() -> str:
         from siemcrew.crew.runtime import build_siem
 

@@ -33,6 +33,24 @@ def sha256_of(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
 
 
+MAX_PAYLOAD_DEPTH = 32  # Splunk results and Elastic alert documents nest a handful of levels
+MAX_PAYLOAD_BYTES = 1_000_000
+
+
+def payload_depth(value: Any, stop: int) -> int:
+    """How deeply lists and objects nest in `value` (iteratively, and no further than stop + 1)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if not isinstance(item, (dict, list)):
+            continue
+        deepest = max(deepest, depth)
+        if depth > stop:
+            return depth
+        todo.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
@@ -136,6 +154,18 @@ class Alert(Model):
             if text and text not in out:
                 out.append(text)
         return out
+
+    @field_validator("raw", "event", mode="before")
+    @classmethod
+    def _bounded(cls, value: Any, info: Any) -> Any:
+        """Refused at the edge, naming the limit: a payload nested or sized past what any SIEM sends would
+        be stored, and then no one could read the case back (JSON and pydantic recursion limits)."""
+        depth = payload_depth(value, MAX_PAYLOAD_DEPTH)
+        if depth > MAX_PAYLOAD_DEPTH:
+            raise ValueError(f"{info.field_name} nests deeper than {MAX_PAYLOAD_DEPTH} levels (the limit for an alert)")
+        if isinstance(value, dict) and len(canonical_json(value)) > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"{info.field_name} is larger than {MAX_PAYLOAD_BYTES} bytes (the limit for an alert)")
+        return value
 
     @property
     def primary_host(self) -> str | None:

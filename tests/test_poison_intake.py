@@ -1,0 +1,74 @@
+"""Intake that cannot be poisoned: an alert nested or sized past what any SIEM sends is refused at the edge with
+422 naming the limit, and a stored case that no longer reads is quarantined and reported, never blocking
+listing, `run` or `serve`."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import EXAMPLES, run_cli
+from fastapi.testclient import TestClient
+
+from siemcrew.config.settings import Settings
+from siemcrew.crew.casestore import CaseStore
+from siemcrew.crew.models import MAX_PAYLOAD_DEPTH, Alert
+from siemcrew.service import create_app
+
+TOKEN = "intake-token-for-tests"
+ALERT = json.loads((EXAMPLES / "alerts" / "demo-4-procdump.json").read_text(encoding="utf-8"))
+
+
+def nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+@pytest.fixture
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("SIEMCREW_SERVE_TOKEN", TOKEN)
+    settings = Settings.load(EXAMPLES / "demo.yaml", home=str(tmp_path / "home"))
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize("depth", [MAX_PAYLOAD_DEPTH + 1, 200, 900])
+def test_a_deeply_nested_alert_is_refused_with_422_naming_the_limit(client: Any, depth: int) -> None:
+    answer = client.post("/v1/alerts", json={**ALERT, "raw": nested(depth)}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 422, answer.text
+    assert f"deeper than {MAX_PAYLOAD_DEPTH} levels" in answer.text
+    listed = client.get("/v1/cases", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert listed.status_code == 200 and listed.json() == []
+
+
+def test_an_alert_at_the_limit_and_an_oversized_one(client: Any) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.post("/v1/alerts", json={**ALERT, "raw": nested(MAX_PAYLOAD_DEPTH)}, headers=headers).status_code == 202
+    huge = client.post("/v1/alerts", json={**ALERT, "id": "huge", "raw": {"blob": "x" * 1_100_000}}, headers=headers)
+    assert huge.status_code == 422 and "larger than" in huge.text
+
+
+def test_an_unreadable_stored_case_is_quarantined_and_blocks_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    store = CaseStore(home / "cases.db")
+    good, _ = store.admit(Alert.model_validate(ALERT))
+    bad, _ = store.admit(Alert.model_validate({**ALERT, "id": "other", "process": None,
+                                               "entities": {"hosts": ["WS-OTHER"]}}))
+    with sqlite3.connect(home / "cases.db") as db:  # written by a build that allowed it, or damaged on disk
+        db.execute("UPDATE cases SET body = ? WHERE id = ?", (json.dumps({"id": bad.id, "raw": nested(300)}), bad.id))
+    assert [c.id for c in store.list()] == [good.id]
+    assert [q["case"] for q in store.quarantined()] == [bad.id]
+    with pytest.raises(KeyError):
+        store.get(bad.id)
+    config = tmp_path / "siemcrew.yaml"
+    config.write_text(json.dumps({"home": str(home)}), encoding="utf-8")
+    listed = run_cli("cases", "list", "--json", "--config", str(config))
+    assert listed.returncode == 0 and [c["id"] for c in json.loads(listed.stdout)] == [good.id]
+    doctor = json.loads(run_cli("doctor", "--json", "--no-data", "--config", str(config)).stdout)
+    check = next(c for c in doctor["checks"] if c["check"] == "case store")
+    assert not check["ok"] and bad.id in check["detail"]
