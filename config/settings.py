@@ -55,6 +55,8 @@ class LocalSource(Section):
     db: str = ":memory:"
     alerts: list[str] = Field(default_factory=list)
     sigma_rules: list[str] = Field(default_factory=list)
+    # what one zip archive may unpack to (members and nested archives together); past it, refused unread
+    max_archive_bytes: int = Field(default=256 * 1024**2, gt=0)
 
 
 class LlmSettings(Section):

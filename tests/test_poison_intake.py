@@ -72,3 +72,25 @@ def test_an_unreadable_stored_case_is_quarantined_and_blocks_nothing(tmp_path: P
     doctor = json.loads(run_cli("doctor", "--json", "--no-data", "--config", str(config)).stdout)
     check = next(c for c in doctor["checks"] if c["check"] == "case store")
     assert not check["ok"] and bad.id in check["detail"]
+
+
+def test_an_archive_that_unpacks_past_its_cap_is_refused_unread(tmp_path: Path) -> None:
+    """A zip bomb (a small zip holding a member far larger than any recording) is refused before it is read:
+    peak memory stays near the cap, not the member's size; what fits is loaded."""
+    import resource
+    import zipfile
+
+    from siemcrew.connectors.local.store import EventStore
+
+    event = json.dumps({"EventID": 1, "Hostname": "WS-1", "Image": "C:\\\\x.exe", "@timestamp": "2024-05-01T10:00:00Z"})
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("small.json", event + "\n")
+        archive.writestr("huge.json", (event + "\n") * (64 * 1024**2 // len(event)))  # ~64 MB unpacked
+    assert bomb.stat().st_size < 2 * 1024**2
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    report = EventStore().load([bomb], max_archive_bytes=8 * 1024**2)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    skipped = dict(report.skipped)
+    assert "more than 8388608 bytes" in skipped[f"{bomb}:huge.json"]
+    assert report.events == 1 and grown_mb < 48

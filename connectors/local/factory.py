@@ -17,7 +17,7 @@ def local_connector(settings: Settings) -> LocalConnector:
         cases_dir=settings.home_path / "published",
     )
     if local.events:
-        report = connector.store.load(list(local.events))
+        report = connector.store.load(list(local.events), max_archive_bytes=local.max_archive_bytes)
         for name, reason in report.skipped:
             log.warning("skipped %s: %s", name, reason)
     return connector

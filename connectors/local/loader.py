@@ -39,7 +39,10 @@ except ImportError:  # pragma: no cover - orjson ships with crewai
 
 log = logging.getLogger(__name__)
 
-MAX_MEMBER_BYTES = 2 * 1024**3
+# What an archive may unpack to, its members and nested archives together: real recordings unpack to
+# ~120 MB, a zip bomb (1 MB holding a 1 GiB member) is refused before it is read into memory. Members are
+# read through a bounded stream, so a header that lies about its size does not get past it.
+MAX_ARCHIVE_BYTES = 256 * 1024**2
 # Recording folders carry metadata and docs beside the events; a directory walk passes over these
 # quietly. Every other file is read and, if it is not event JSON, reported as skipped.
 IGNORED_IN_FOLDERS = frozenset([".yaml", ".yml", ".md", ".rst", ".csv", ".html", ".pdf", ".png", ".jpg", ".svg"])
@@ -138,7 +141,14 @@ def read_bytes(name: str, data: bytes) -> Unit:
     return unit
 
 
-def _zip_units(name: str, source: Path | io.BytesIO) -> Iterator[Unit]:
+class _Budget:
+    """The bytes an archive (with its nested archives) may still unpack to."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.left = limit, limit
+
+
+def _zip_units(name: str, source: Path | io.BytesIO, budget: _Budget) -> Iterator[Unit]:
     try:
         archive = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -149,23 +159,29 @@ def _zip_units(name: str, source: Path | io.BytesIO) -> Iterator[Unit]:
             if info.is_dir() or Path(info.filename).name.startswith("."):
                 continue
             member = f"{name}:{info.filename}"
-            if info.file_size > MAX_MEMBER_BYTES:
-                yield Unit(name=member, error=f"member larger than {MAX_MEMBER_BYTES} bytes")
+            too_big = f"archive unpacks to more than {budget.limit} bytes (local.max_archive_bytes)"
+            if info.file_size > budget.left:
+                yield Unit(name=member, error=too_big)
                 continue
             try:
-                data = archive.read(info)
+                with archive.open(info) as handle:
+                    data = handle.read(budget.left + 1)
             except (zipfile.BadZipFile, OSError, RuntimeError, EOFError) as exc:
                 yield Unit(name=member, error=f"unreadable zip member ({exc})")
                 continue
+            if len(data) > budget.left:
+                yield Unit(name=member, error=too_big)
+                continue
+            budget.left -= len(data)
             if info.filename.lower().endswith(".zip"):
-                yield from _zip_units(member, io.BytesIO(data))
+                yield from _zip_units(member, io.BytesIO(data), budget)
             else:
                 yield read_bytes(member, data)
 
 
-def _file_units(path: Path) -> Iterator[Unit]:
+def _file_units(path: Path, max_archive_bytes: int) -> Iterator[Unit]:
     if path.suffix.lower() == ".zip":
-        yield from _zip_units(str(path), path)
+        yield from _zip_units(str(path), path, _Budget(max_archive_bytes))
         return
     try:
         data = path.read_bytes()
@@ -175,7 +191,7 @@ def _file_units(path: Path) -> Iterator[Unit]:
     yield read_bytes(str(path), data)
 
 
-def iter_units(path: Path) -> Iterator[Unit]:
+def iter_units(path: Path, max_archive_bytes: int = MAX_ARCHIVE_BYTES) -> Iterator[Unit]:
     """Every file under `path` (a file, a zip or a directory), in name order.
 
     In directories, hidden files and metadata/docs (`IGNORED_IN_FOLDERS`) are passed over.
@@ -184,9 +200,9 @@ def iter_units(path: Path) -> Iterator[Unit]:
         for child in sorted(path.rglob("*")):
             hidden = any(part.startswith(".") for part in child.relative_to(path).parts)
             if child.is_file() and not hidden and child.suffix.lower() not in IGNORED_IN_FOLDERS:
-                yield from _file_units(child)
+                yield from _file_units(child, max_archive_bytes)
     elif path.is_file():
-        yield from _file_units(path)
+        yield from _file_units(path, max_archive_bytes)
     else:
         yield Unit(name=str(path), error="no such file or directory")
 

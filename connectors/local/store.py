@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from siemcrew.connectors.base import ConnectorError, QueryRefused
-from siemcrew.connectors.local.loader import LoadReport, Unit, default_scope, iter_units
+from siemcrew.connectors.local.loader import MAX_ARCHIVE_BYTES, LoadReport, Unit, default_scope, iter_units
 from siemcrew.connectors.local.normalize import EVENT_DATA_PREFIX, Normalized, Normalizer, WindowsMapping, dumps
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,8 @@ class EventStore:
         return resolved
 
     # -- loading ---------------------------------------------------------------------------
-    def load(self, paths: str | Path | Sequence[str | Path], scope: str | None = None) -> LoadReport:
+    def load(self, paths: str | Path | Sequence[str | Path], scope: str | None = None,
+             max_archive_bytes: int = MAX_ARCHIVE_BYTES) -> LoadReport:
         """Load files, zips and directories; each path's scope is `scope` or its folder/file stem."""
         items = [paths] if isinstance(paths, (str, Path)) else list(paths)
         report = LoadReport()
@@ -203,7 +204,7 @@ class EventStore:
             try:
                 for item in items:
                     path = Path(item).expanduser()
-                    for unit in iter_units(path):
+                    for unit in iter_units(path, max_archive_bytes):
                         offered += self._load_unit(unit, scope or default_scope(path), report)
                 self._db.execute("COMMIT")
             except BaseException:
