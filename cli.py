@@ -84,11 +84,12 @@ def _case_row(case: Any) -> dict[str, Any]:
 
 
 def _cases_table(cases: list[Any], title: str = "cases") -> None:
+    """Cases, or their rows (`_case_row`), as a table."""
     table = Table(title=title)
     for col in ("case", "status", "verdict", "rule", "host", "scope", "actions"):
         table.add_column(col)
     for case in cases:
-        row = _case_row(case)
+        row = case if isinstance(case, dict) else _case_row(case)
         table.add_row(row["id"], row["status"], f"{row['verdict']} ({row['confidence']})", row["rule"][:40],
                       str(row["host"]), ", ".join(row["affected_hosts"]), "\n".join(row["actions"]))
     Console(file=_out()).print(table)
@@ -181,14 +182,14 @@ def investigate(alert: str = typer.Option(..., "--alert", "-a", help="Alert JSON
         console.print(f"[red]bad alert input:[/red] {str(exc)[:800]}")
         raise typer.Exit(EXIT_ERROR) from None
     rt = _runtime(config)
-    cases = []
+    rows = []  # one summary row per case, not the cases: a long list keeps memory flat
     for item in alerts:
         try:
-            cases.append(investigate_alert(rt, item))
+            rows.append(_case_row(investigate_alert(rt, item)))
         except Exception as exc:  # noqa: BLE001 - the case is marked failed and audited; say why, briefly
             console.print(f"[red]investigation of {item.id} failed:[/red] {type(exc).__name__}: {str(exc)[:500]}")
             raise typer.Exit(EXIT_ERROR) from None
-    _emit([_case_row(c) for c in cases], as_json, lambda: _cases_table(cases))
+    _emit(rows, as_json, lambda: _cases_table(rows))
 
 
 @app.command()

@@ -11,8 +11,9 @@ import hmac
 import logging
 import queue
 import threading
+import uuid
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator, Callable, Literal
 
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -93,6 +94,67 @@ class Worker:
             log.warning("%d write-back(s) still pending: %s", len(pending), "; ".join(i.line() for i in pending[:3]))
 
 
+INTAKE_BATCH = 100  # alerts admitted in one go; a longer list is admitted in the background, in batches
+MAX_JOBS_KEPT = 1000
+
+
+class IntakeJobs:
+    """Long alert lists (a backlog replayed after an outage) are admitted on their own thread, one batch at a
+    time, so the request answers at once and no request holds the store for minutes; `GET /v1/intake/{job}`
+    tells how far it got. Admission is idempotent by alert id: a job cut short by a restart is completed by
+    posting the list again."""
+
+    def __init__(self, admit_batch: Callable[[list[Any]], tuple[int, list[str]]]) -> None:
+        self.admit_batch = admit_batch
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.lock = threading.Lock()
+        self.queue: queue.Queue[tuple[str, list[Any]] | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._loop, name="siemcrew-intake", daemon=True)
+        self.thread.start()
+
+    def submit(self, alerts: list[Any]) -> str:
+        job = uuid.uuid4().hex
+        with self.lock:
+            if len(self.jobs) >= MAX_JOBS_KEPT:  # forget the oldest finished jobs
+                for old in [k for k, v in self.jobs.items() if v["state"] in ("done", "failed")][:100]:
+                    del self.jobs[old]
+            self.jobs[job] = {"job": job, "state": "queued", "total": len(alerts), "admitted": 0, "accepted": 0,
+                              "case_ids": [], "error": None}
+        self.queue.put((job, alerts))
+        return job
+
+    def get(self, job: str) -> dict[str, Any] | None:
+        with self.lock:
+            found = self.jobs.get(job)
+            return {**found, "case_ids": list(found["case_ids"])} if found else None
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while (item := self.queue.get()) is not None:
+            job, alerts = item
+            self._update(job, state="admitting")
+            try:
+                for start in range(0, len(alerts), INTAKE_BATCH):
+                    accepted, case_ids = self.admit_batch(alerts[start:start + INTAKE_BATCH])
+                    with self.lock:
+                        entry = self.jobs[job]
+                        entry["admitted"] += len(alerts[start:start + INTAKE_BATCH])
+                        entry["accepted"] += accepted
+                        entry["case_ids"] += [c for c in case_ids if c not in entry["case_ids"]]
+                self._update(job, state="done")
+            except Exception as exc:  # noqa: BLE001 - reported on the job; what was admitted stays admitted
+                log.exception("intake job %s failed", job)
+                self._update(job, state="failed", error=f"{type(exc).__name__}: {exc}"[:500])
+            del alerts
+
+    def _update(self, job: str, **values: Any) -> None:
+        with self.lock:
+            self.jobs[job].update(values)
+
+
 def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
     state: dict[str, Any] = {}
 
@@ -104,8 +166,10 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
         state["rt"] = rt
         state["worker"] = Worker(rt, outbox_every_s=settings.serve.outbox_every_s)
         state["worker"].start()
+        state["intake"] = IntakeJobs(admit_batch)
         app.state.worker = state["worker"]
         yield
+        state["intake"].stop()
         state["worker"].stop()
 
     app = FastAPI(title="siemcrew", version="0.1.0", lifespan=lifespan)
@@ -138,10 +202,8 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
         if not expected or not hmac.compare_digest(x_siemcrew_secret.encode(), expected.encode()):
             raise HTTPException(403, "invalid secret")
 
-    def admit(alerts: list[Any], intake_key: str | None) -> JSONResponse:
-        """Admit every alert (idempotent by alert id, so a repeated hand-off finds its cases), then
-        record the intake key: a crash in between loses nothing, and a retry is a duplicate.
-        `accepted` counts alerts not seen before; one joining an open case is accepted, not new work."""
+    def admit_batch(alerts: list[Any]) -> tuple[int, list[str]]:
+        """Admit alerts (idempotent by alert id): (how many were not seen before, their case ids)."""
         runtime_ = rt()
         case_ids: list[str] = []
         accepted = 0
@@ -155,11 +217,29 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
             accepted += not seen
             if is_new:
                 state["worker"].submit(case.id)
+        return accepted, case_ids
+
+    def admit(alerts: list[Any], intake_key: str | None) -> JSONResponse:
+        """Admit every alert, then record the intake key: a crash in between loses nothing, and a retry is a
+        duplicate. `accepted` counts alerts not seen before; one joining an open case is accepted, not new
+        work. A list longer than one batch is admitted in the background: 202 at once with a job id."""
+        if len(alerts) > INTAKE_BATCH and intake_key is None:
+            job = state["intake"].submit(alerts)
+            return JSONResponse({"job": job, "alerts": len(alerts), "status": f"/v1/intake/{job}"}, status_code=202)
+        runtime_ = rt()
+        accepted, case_ids = admit_batch(alerts)
         if intake_key:
             runtime_.cases.remember_intake(intake_key, case_ids)  # a record; the alert ids do the deduplication
         duplicate = bool(alerts) and accepted == 0
         return JSONResponse({"accepted": accepted, "case_ids": case_ids, "duplicate": duplicate},
                             status_code=200 if duplicate else 202)
+
+    @app.get("/v1/intake/{job}", dependencies=[Depends(bearer)])
+    def intake_job(job: str) -> dict[str, Any]:
+        found = state["intake"].get(job)
+        if found is None:
+            raise HTTPException(404, f"no intake job {job}")
+        return found
 
     @app.get("/healthz")
     def health() -> dict[str, Any]:

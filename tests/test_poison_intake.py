@@ -94,3 +94,30 @@ def test_an_archive_that_unpacks_past_its_cap_is_refused_unread(tmp_path: Path) 
     skipped = dict(report.skipped)
     assert "more than 8388608 bytes" in skipped[f"{bomb}:huge.json"]
     assert report.events == 1 and grown_mb < 48
+
+
+def test_a_long_alert_list_is_admitted_in_the_background_in_batches(client: Any) -> None:
+    """A backlog of 250 alerts (three batches) answers 202 at once with a job; the job admits them batch by batch and
+    reports how far it got; posting the same list again admits nothing twice."""
+    import time
+
+    from siemcrew.service import INTAKE_BATCH
+
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    backlog = [{**ALERT, "id": f"backlog-{i}", "entities": {"hosts": [f"WS-{i:04d}"]}} for i in range(250)]
+    started = time.monotonic()
+    answer = client.post("/v1/alerts", json=backlog, headers=headers)
+    assert answer.status_code == 202 and answer.json()["alerts"] == 250
+    assert time.monotonic() - started < 30  # validated and queued, not admitted inline
+    job = answer.json()["job"]
+    deadline = time.monotonic() + 240
+    while (status := client.get(f"/v1/intake/{job}", headers=headers).json())["state"] != "done":
+        assert status["state"] in ("queued", "admitting") and status["admitted"] % INTAKE_BATCH in (0, 50), status
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    assert (status["admitted"], status["accepted"], len(status["case_ids"])) == (250, 250, 250)
+    again = client.post("/v1/alerts", json=backlog, headers=headers).json()["job"]
+    while (status := client.get(f"/v1/intake/{again}", headers=headers).json())["state"] != "done":
+        time.sleep(0.5)
+    assert status["accepted"] == 0 and status["admitted"] == 250
+    assert client.get("/v1/intake/nope", headers=headers).status_code == 404
