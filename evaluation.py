@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import re
 import statistics
+import shutil
 import sys
 import tempfile
 import time
@@ -287,6 +288,16 @@ def evaluate(datasets: Path | str | Sequence[Path | str], rules: Path | None = N
         log.warning("no Sigma rules at %s: sigma hunting is off", rules_dir)
         rules_dir = None
     work = Path(home or tempfile.mkdtemp(prefix="siemcrew-eval-")).resolve()
+    try:
+        return _evaluate(folders, split, rules_dir, config, work, jobs, quiet, progress)
+    finally:
+        if home is None:  # the stores of a throw-away run; a given home is the caller's to keep
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _evaluate(folders: list[Path], split: str | None, rules_dir: Path | None, config: Path | None, work: Path,
+              jobs: int, quiet: bool, progress: Progress | None
+              ) -> dict[str, Any]:
     recordings = plan(folders, split, rules_dir, config, work)
     total = sum(len(job.rows) for job in recordings)
     if progress:

@@ -176,7 +176,7 @@ def test_health_and_compatibility_failures(connector: ElasticConnector, elastic_
     assert report.ok and report.version == "9.1.0" and "Kibana 9.1.0 available" in report.detail
     elastic_emulator.mode = "es8"
     report = connector.health()
-    assert not report.ok and "8.x cluster" in report.detail and "elasticsearch8" in report.detail
+    assert not report.ok and "8.x cluster" in report.detail and "upgrade the cluster to 9.x" in report.detail
     before = len(elastic_emulator.requests)
     with pytest.raises(ClusterTooOld):
         connector.search(EventQuery())

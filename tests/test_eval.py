@@ -272,3 +272,13 @@ def test_eval_scores_a_users_own_model_and_reports_its_calls_and_tokens(tmp_path
     assert chats == 4 and result["llm_calls_per_alert_median"] == 2
     assert result["llm_tokens_per_alert_median"] == 3030 + 5080 and result["llm_halted"] == 0
     assert all(row["llm_calls"] == 2 and row["verdict"] in ("suspicious", "malicious") for row in result["per_alert"])
+
+
+def test_eval_without_a_home_leaves_no_folder_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dataset = _build(tmp_path / "otrf", "dev", {RECORDING: _rows(1)})
+    result = evaluate(dataset, rules=RULES, quiet=True)
+    assert result["alerts"] == 1
+    assert not list(tmp_path.glob("siemcrew-eval-*"))

@@ -28,7 +28,7 @@ class ClusterTooOld(ElasticCompatibilityError):
     def __init__(self) -> None:
         super().__init__(
             "this is an Elasticsearch 8.x cluster: it rejects the 9.x client's compatible-with=9 headers. "
-            "Upgrade the cluster to 9.x, or install the 8.x client (pip install 'elasticsearch8') for this cluster"
+            "siemcrew talks to Elasticsearch 9.x only (it uses the 9.x client): upgrade the cluster to 9.x"
         )
 
 
