@@ -13,7 +13,9 @@ def _check(name: str, fn: Callable[[], str]) -> dict[str, Any]:
     try:
         return {"check": name, "ok": True, "detail": fn()}
     except Exception as exc:  # noqa: BLE001 - every failure becomes a readable row
-        return {"check": name, "ok": False, "detail": f"{type(exc).__name__}: {describe_error(exc)}"[:500]}
+        # a check's own finding (RuntimeError) reads as it is; anything else names what went wrong
+        kind = "" if type(exc) is RuntimeError else f"{type(exc).__name__}: "
+        return {"check": name, "ok": False, "detail": f"{kind}{describe_error(exc)}"[:500]}
 
 
 def data_checks(settings: Settings, days: int) -> list[dict[str, Any]]:
@@ -101,6 +103,19 @@ def checks(settings: Settings, data_days: int | None = 7) -> list[dict[str, Any]
         return f"{report.connector}: {report.detail}"[:300]
 
     results.append(_check(f"siem connector ({settings.source})", connector))
+
+    if settings.source == "splunk" and (settings.splunk or {}).get("hec", {}).get("url"):
+        def hec() -> str:
+            from siemcrew.config.splunk import SplunkSettings
+            from siemcrew.connectors.splunk.hec import HecClient
+
+            client = HecClient(SplunkSettings.model_validate(settings.splunk))
+            try:
+                return client.health()
+            finally:
+                client.close()
+
+        results.append(_check("splunk HEC (case records)", hec))
     if data_days is not None:
         results += data_checks(settings, data_days)
 

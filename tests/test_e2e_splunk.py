@@ -374,3 +374,14 @@ def test_write_backs_that_keep_failing_are_kept_listed_and_retried_by_the_next_r
     kinds = [r["kind"] for r in audit_records(tmp_path / "home")]
     assert "outbox_retry" in kinds
     assert run_cli("audit", "verify", "--config", config).returncode == 0
+
+
+def test_doctor_checks_hec_and_its_token_without_indexing_anything(tmp_path: Path, splunkd: SplunkdEmulator) -> None:
+    config = _config(tmp_path, splunkd)
+    good = json.loads(_cli("doctor", "--json", "--no-data", "--config", config).stdout)
+    row = next(c for c in good["checks"] if c["check"] == "splunk HEC (case records)")
+    assert row["ok"] and "token accepted" in row["detail"]
+    bad = run_cli("doctor", "--json", "--no-data", "--config", config, env={**ENV, "SPLUNK_HEC_TOKEN": "wrong"})
+    row = next(c for c in json.loads(bad.stdout)["checks"] if c["check"] == "splunk HEC (case records)")
+    assert not row["ok"] and "rejected the token" in row["detail"] and not row["detail"].startswith("RuntimeError")
+    assert splunkd.hec_events == []  # the probes indexed nothing

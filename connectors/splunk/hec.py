@@ -117,6 +117,27 @@ class HecClient:
         except httpx.HTTPError as exc:
             raise HecError(f"splunk HEC: {type(exc).__name__} talking to {self.url}; the case may or may not be indexed") from None
 
+    def health(self) -> str:
+        """Is HEC up and is the token accepted? The health endpoint, then an empty event post: Splunk answers
+        code 5 ("No data") to a token it accepts and indexes nothing (code 2-4 for a token it refuses)."""
+        base = self.url[: -len(HEC_PATH)]
+        try:
+            health = self._client.get(base + "/services/collector/health")
+            probe = self._client.post(self.url, content=b"", headers={"Authorization": f"Splunk {self.settings.hec_token()}"})
+        except httpx.HTTPError as exc:
+            raise HecError(f"splunk HEC: cannot reach {self.url} ({type(exc).__name__}: {exc})") from None
+        if health.status_code != 200:
+            raise HecError(f"splunk HEC is not healthy (HTTP {health.status_code}: {health.text[:200]})")
+        try:
+            code = probe.json().get("code")
+        except ValueError:
+            code = None
+        if code in HEC_TOKEN_CODES:
+            raise HecError(f"splunk HEC rejected the token (code {code}); check env var {self.settings.hec.token_env}")
+        if code != 5:
+            raise HecError(f"splunk HEC answered an empty post with HTTP {probe.status_code}, code {code}")
+        return f"{self.url}: healthy, token accepted"
+
     def _post(self, record: dict[str, Any]) -> None:
         token = self.settings.hec_token()
         response = self._client.post(self.url, json=record, headers={"Authorization": f"Splunk {token}"})
