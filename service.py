@@ -16,12 +16,58 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Literal
 
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, Field, ValidationError
 
 from siemcrew.config.settings import Settings, secret
 
 log = logging.getLogger("siemcrew.serve")
+
+
+class Problem(BaseModel):
+    """Every error answer: a kind a client can branch on, and what went wrong (a sentence, or one entry per
+    invalid field with where it is and why; the offending input is never echoed back)."""
+
+    type: Literal["unauthorized", "forbidden", "not_found", "conflict", "invalid", "too_large", "error"]
+    detail: str | list[dict[str, Any]]
+
+
+PROBLEM_TYPES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict", 413: "too_large",
+                 422: "invalid"}
+PROBLEM_TEXT = {400: "the body is not JSON", 401: "no credentials", 403: "wrong credentials, or not allowed for this token",
+                404: "no such case, job or route", 409: "the approval cannot be recorded (nothing pending, already "
+                "decided, arguments changed since review)", 413: "the body is too large", 422: "the request is invalid"}
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the error statuses a route can answer."""
+    return {code: {"model": Problem, "description": PROBLEM_TEXT[code]} for code in codes}
+
+
+class IntakeAnswer(BaseModel):
+    """Alerts admitted (202; 200 with `duplicate` when every one was known), or, for a long list, the job that
+    admits them in the background (202 with `job`)."""
+
+    accepted: int | None = None
+    case_ids: list[str] = Field(default_factory=list)
+    duplicate: bool = False
+    job: str | None = None
+    alerts: int | None = None
+    status: str | None = None
+
+
+INTAKE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": IntakeAnswer, "description": "every alert was known already (`duplicate: true`)"},
+    202: {"model": IntakeAnswer, "description": "admitted; investigated in the background"},
+}
+
+
+def json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """`openapi_extra` documenting a JSON request body the route validates itself (to answer 422 with the
+    limit it broke and without echoing the input)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 class Decision(BaseModel):
@@ -234,7 +280,7 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
         return JSONResponse({"accepted": accepted, "case_ids": case_ids, "duplicate": duplicate},
                             status_code=200 if duplicate else 202)
 
-    @app.get("/v1/intake/{job}", dependencies=[Depends(bearer)])
+    @app.get("/v1/intake/{job}", dependencies=[Depends(bearer)], responses=problems(401, 403, 404))
     def intake_job(job: str) -> dict[str, Any]:
         found = state["intake"].get(job)
         if found is None:
@@ -245,7 +291,10 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
     def health() -> dict[str, Any]:
         return {"ok": True, "source": settings.source, "idle": state["worker"].idle.is_set()}
 
-    @app.post("/v1/alerts", dependencies=[Depends(bearer)])
+    @app.post("/v1/alerts", dependencies=[Depends(bearer)], status_code=202,
+              responses={**INTAKE_RESPONSES, **problems(400, 401, 403, 413, 422)},
+              openapi_extra=json_body({"oneOf": [{"$ref": "#/components/schemas/Alert"},
+                                                 {"type": "array", "items": {"$ref": "#/components/schemas/Alert"}}]}))
     def post_alerts(body: Any = Body(...)) -> JSONResponse:
         from siemcrew.crew.models import Alert
 
@@ -256,7 +305,9 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
             raise HTTPException(422, _errors(exc)) from None
         return admit(alerts, None)
 
-    @app.post("/v1/alerts/splunk", dependencies=[Depends(bearer)])
+    @app.post("/v1/alerts/splunk", dependencies=[Depends(bearer)], status_code=202,
+              responses={**INTAKE_RESPONSES, **problems(400, 401, 403, 413, 422)},
+              openapi_extra=json_body({"$ref": "#/components/schemas/SplunkActionHandoff"}))
     def post_splunk(body: Any = Body(...)) -> JSONResponse:
         from siemcrew.connectors.splunk.intake import SplunkActionHandoff, alerts_from_handoff
 
@@ -267,7 +318,10 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
             raise HTTPException(422, _errors(exc)) from None
         return admit(alerts, f"splunk:{handoff.sid}")
 
-    @app.post("/v1/alerts/elastic", dependencies=[Depends(shared_secret)])
+    @app.post("/v1/alerts/elastic", dependencies=[Depends(shared_secret)], status_code=202,
+              responses={**INTAKE_RESPONSES, **problems(400, 401, 403, 413, 422)},
+              openapi_extra=json_body({"type": "object", "description": "the Kibana rule webhook body: "
+                                       "{\"alerts\": [...]} from {{{context.alerts.asJSON}}}"}))
     def post_elastic(body: Any = Body(...)) -> JSONResponse:
         from siemcrew.connectors.elastic.intake import AlertDocError, alerts_from_webhook
 
@@ -277,18 +331,21 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
             raise HTTPException(422, _errors(exc)) from None
         return admit(alerts, None)
 
-    @app.get("/v1/cases", dependencies=[Depends(bearer)])
+    @app.get("/v1/cases", dependencies=[Depends(bearer)], responses=problems(401, 403, 422))
     def list_cases(status: str | None = None) -> list[dict[str, Any]]:
         return [_summary(c) for c in rt().cases.list(status=status)]
 
-    @app.get("/v1/cases/{case_id}", dependencies=[Depends(bearer)])
+    @app.get("/v1/cases/{case_id}", dependencies=[Depends(bearer)], responses=problems(401, 403, 404))
     def get_case(case_id: str) -> dict[str, Any]:
         try:
             return rt().cases.get(case_id).model_dump(mode="json")
         except KeyError:
             raise HTTPException(404, f"no case {case_id}") from None
 
-    @app.get("/v1/cases/{case_id}/report", dependencies=[Depends(bearer)])
+    @app.get("/v1/cases/{case_id}/report", dependencies=[Depends(bearer)],
+             responses={200: {"description": "the report", "content": {"text/markdown": {}, "application/json": {},
+                                                                        "text/html": {}}},
+                        **problems(401, 403, 404, 422)})
     def get_report(case_id: str, format: Literal["md", "json", "html"] = "md") -> PlainTextResponse:
         from siemcrew.crew.report import RENDERERS
 
@@ -299,11 +356,11 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
         media = {"md": "text/markdown", "json": "application/json", "html": "text/html"}[format]
         return PlainTextResponse(RENDERERS[format](case), media_type=media)
 
-    @app.get("/v1/approvals", dependencies=[Depends(bearer)])
+    @app.get("/v1/approvals", dependencies=[Depends(bearer)], responses=problems(401, 403))
     def approvals() -> list[dict[str, Any]]:
         return [p.model_dump(mode="json") for p in rt().approvals.pending()]
 
-    @app.post("/v1/cases/{case_id}/actions/{action}/{decision}")
+    @app.post("/v1/cases/{case_id}/actions/{action}/{decision}", responses=problems(400, 401, 403, 404, 409, 422))
     def decide_action(case_id: str, action: str, decision: Literal["approve", "deny"], body: Decision,
                       who: str = Depends(approver)) -> dict[str, Any]:
         from siemcrew.crew.approvals import ApprovalError
@@ -322,7 +379,36 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
 
     @app.exception_handler(ValidationError)
     async def validation(_: Request, exc: ValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _errors(exc)}, status_code=422)
+        return JSONResponse({"type": "invalid", "detail": _errors(exc)}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()][:20]
+        return JSONResponse({"type": "invalid", "detail": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_problem(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"type": PROBLEM_TYPES.get(exc.status_code, "error"), "detail": exc.detail},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, with the models the intake routes validate themselves as components."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            from siemcrew.connectors.splunk.intake import SplunkActionHandoff
+            from siemcrew.crew.models import Alert
+
+            document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            components = document.setdefault("components", {}).setdefault("schemas", {})
+            for model in (Alert, SplunkActionHandoff):
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(schema.pop("$defs", {}))
+                components[model.__name__] = schema
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     return app
 

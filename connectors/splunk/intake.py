@@ -25,7 +25,9 @@ class SplunkActionHandoff(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sid: str = Field(min_length=1, max_length=512)
+    # Splunk search ids are printable ASCII without spaces ("scheduler__nobody__search__RMD5…_at_1700000000_12",
+    # "1700000000.1"); anything else is not a sid (and the schema says so)
+    sid: str = Field(min_length=1, max_length=512, pattern=r"^[!-~]+$")
     search_name: str = Field(min_length=1, max_length=1024)
     app: str = ""
     owner: str = ""
@@ -33,13 +35,6 @@ class SplunkActionHandoff(BaseModel):
     server_uri: str = ""
     configuration: dict[str, str] = Field(default_factory=dict)
     rows: list[dict[str, RowValue]] = Field(default_factory=list, max_length=MAX_ROWS)
-
-    @field_validator("sid")
-    @classmethod
-    def _printable_sid(cls, value: str) -> str:
-        if not value.isprintable() or value.strip() != value:
-            raise ValueError("sid must be printable text without surrounding whitespace")
-        return value
 
     @field_validator("configuration")
     @classmethod
