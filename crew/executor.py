@@ -74,8 +74,12 @@ class ActionExecutor:
             return self._siem(case, proposal, comment, retry)
         if action in ENDPOINT_ACTIONS and self.rt.settings.executor == "edr":
             edr_action: Callable[..., Any] | None = self.rt.edr_executor(proposal, comment, case)
-            if edr_action is not None:
-                return edr_action()
+            if edr_action is None:
+                # executor: edr promises containment; a host no EDR covers is a gap to fix, not a dry run
+                host = str(proposal.args.get("host") or proposal.target.split(":")[0])
+                return ("failed", "edr", f"no configured EDR covers host {host} (executor: edr): nothing was sent; "
+                        "add the host to an EDR's scope in `edr:` or contain it by hand", None)
+            return edr_action()
         return "dry_run", "dry-run", f"would {action} {proposal.target} with {proposal.args} ({comment})", None
 
     def _siem(self, case: Case, proposal: ActionProposal, comment: str, retry: bool) -> tuple[Any, str, str, str | None]:

@@ -81,3 +81,30 @@ def test_containment_is_a_confirmed_state_executed_once_and_released_on_later_ap
         assert run_cli("audit", "verify", "--config", str(config), env=env).returncode == 0
     finally:
         falcon.stop()
+
+
+def test_under_executor_edr_a_host_no_edr_covers_is_a_failed_action_not_a_dry_run(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    falcon = FalconEmulator()
+    falcon.add_device(AID, HOST, local_ip="10.10.20.12")
+    falcon.start()
+    try:
+        monkeypatch.setenv("FALCON_CLIENT_ID", CLIENT_ID)
+        monkeypatch.setenv("FALCON_CLIENT_SECRET", CLIENT_SECRET)
+        config = tmp_path / "siemcrew.yaml"
+        config.write_text(yaml.safe_dump({
+            "home": str(tmp_path / "home"), "source": "local", "executor": "edr",
+            "local": {"events": [str(EXAMPLES / "events")]},
+            "edr": {"action_timeout_s": 20, "poll_interval_s": 0.05,
+                    "crowdstrike": {"base_url": falcon.base_url, "verify": False},
+                    "coverage": [{"hosts": ["SRV-*"], "vendor": "crowdstrike"}]},  # the workstations are not
+        }), encoding="utf-8")
+        rt = Runtime(Settings.load(config))
+        alert = Alert.model_validate_json((EXAMPLES / "alerts" / "demo-2-encoded-powershell.json").read_text())
+        case = investigate(rt, alert)
+        kills = [r for r in case.results if r.action == "kill_process"]
+        assert kills and all(r.state == "failed" and "no configured EDR covers host" in r.detail for r in kills)
+        assert not any(r.state == "dry_run" for r in case.results if r.action in ("isolate_host", "kill_process"))
+        assert falcon.contain_requests() == []
+    finally:
+        falcon.stop()

@@ -164,10 +164,11 @@ def test_missing_secret_env_is_a_clear_error(falcon_emulator: FalconEmulator, mo
 
 
 def test_429_waits_for_retry_after(falcon: FalconEdr, falcon_emulator: FalconEmulator, sleeps: SleepRecorder) -> None:
+    """Falcon says when to come back in X-RateLimit-RetryAfter (an epoch second), not Retry-After."""
     falcon.find_host(agent_id=AID)
     falcon_emulator.fail_next(falcon_emulator.too_many_requests(7))
     assert falcon.find_host(agent_id=AID) is not None
-    assert sleeps.waits == [7.0]
+    assert len(sleeps.waits) == 1 and 6.0 <= sleeps.waits[0] <= 7.0
 
 
 def test_5xx_on_read_is_retried_with_backoff(
@@ -195,7 +196,7 @@ def test_429_on_contain_is_retried_because_it_was_refused(
     falcon.find_host(agent_id=AID)
     falcon_emulator.fail_next(falcon_emulator.too_many_requests(3))
     assert falcon.contain(host(), "c").state == "pending"
-    assert len(falcon_emulator.contain_requests()) == 2 and sleeps.waits == [3.0]
+    assert len(falcon_emulator.contain_requests()) == 2 and len(sleeps.waits) == 1 and 2.0 <= sleeps.waits[0] <= 3.0
     assert len(falcon_emulator.actions) == 1
 
 

@@ -112,6 +112,19 @@ class RateLimiter:
             self._calls.append(now)
 
 
+def rate_limit_wait(headers: httpx.Headers) -> float | None:
+    """How long a 429 says to wait: `Retry-After` (seconds or an HTTP date), else CrowdStrike Falcon's
+    `X-RateLimit-RetryAfter` (the epoch second from which calls are accepted again)."""
+    wait = parse_retry_after(headers.get("Retry-After"))
+    if wait is not None:
+        return wait
+    reset = headers.get("X-RateLimit-RetryAfter")
+    try:
+        return max(0.0, float(reset) - time.time()) if reset else None
+    except ValueError:
+        return None
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Retry-After as seconds (delta-seconds or an HTTP date); None when absent or unreadable."""
     if not value:
@@ -219,9 +232,7 @@ class EdrHttp:
             # fresh token is safe even for writes.
             response = self._send(call)
         if response.status_code == 429:
-            raise Retryable(
-                self._error(response, "rate limited"), parse_retry_after(response.headers.get("Retry-After"))
-            )
+            raise Retryable(self._error(response, "rate limited"), rate_limit_wait(response.headers))
         if response.status_code >= 500:
             error = self._error(response, "server error")
             if call.safe:

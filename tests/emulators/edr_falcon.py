@@ -74,8 +74,10 @@ class FalconEmulator(EmulatorServer):
         return None
 
     def too_many_requests(self, retry_after: float) -> Reply:
+        """As Falcon answers it: no Retry-After, but `X-RateLimit-RetryAfter`, the epoch second from which
+        calls are accepted again (falconpy `_result/_headers.py`)."""
         reply = self.error(429, "API rate limit exceeded.")
-        reply.headers["Retry-After"] = str(max(1, round(retry_after)))
+        reply.headers["X-RateLimit-RetryAfter"] = str(int(time.time() + max(1, round(retry_after))))
         reply.headers["X-Ratelimit-Remaining"] = "0"
         return reply
 
