@@ -173,6 +173,10 @@ class EventStore:
         self._reader.execute("PRAGMA query_only=ON")
         self._reader.set_authorizer(_read_only_authorizer)
         self._reader.set_progress_handler(self._over_budget, 10_000)
+        # Tables and views of the file, which an unqualified name in a count(*) may be (see _confined).
+        self._catalog = frozenset(
+            row[0].lower() for row in self._db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+        )
         self._sandbox = self._open_sandbox(reader_uri)
 
     # -- connections ---------------------------------------------------------------------
@@ -235,18 +239,22 @@ class EventStore:
             return self._deny(f"function {arg2}() is not allowed")
         if action == sqlite3.SQLITE_READ:
             table, schema = (arg1 or "").lower(), (db or "").lower()
-            if db is None:
-                return sqlite3.SQLITE_OK  # a CTE or subquery counted (count(*)): no table of any schema
             if schema == "temp" and table in (VIEW, WINDOW_VIEW):
                 return sqlite3.SQLITE_OK  # the views themselves
             if schema == "main" and table == TABLE and src == WINDOW_VIEW:
                 return sqlite3.SQLITE_OK  # the window view reading the table
-            if schema == "main" and table == TABLE and arg2 == "" and src is None and self._window is None:
-                # A table counted but not read (count(*), SELECT 1) is reported with no view; with
-                # no window the view over it has no WHERE and SQLite flattens count(*) to the table.
-                return sqlite3.SQLITE_OK
-            return self._deny(f"reading {db}.{arg1} is not allowed: queries read the events view ({VIEW}) only")
-        return self._deny(f"{_ACTION_NAMES.get(action, f'action {action}')} is not allowed: the store is read-only")
+            if arg2 == "":
+                # A table counted but not read (count(*), SELECT 1 FROM t) is reported with an empty
+                # column, no view, and no schema unless the query wrote one.
+                if db is None and (table == VIEW or (table not in self._catalog and not table.startswith("sqlite_"))):
+                    return sqlite3.SQLITE_OK  # a CTE or subquery (unqualified `events` is the view)
+                if schema == "main" and table == TABLE and self._window is None:
+                    return sqlite3.SQLITE_OK  # no window: the view has no WHERE, so count(*) is the table's
+            return self._deny(f"reading {db or 'main'}.{arg1} is not allowed: queries read the events view ({VIEW}) only")
+        name = _ACTION_NAMES.get(action, f"action {action}")
+        if action in (sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE) and arg1:
+            name += f" on {arg1}"  # DDL shows as a write to the catalog, a table function as its declaration
+        return self._deny(f"{name} is not allowed: the store is read-only")
 
     def _deny(self, reason: str) -> int:
         self._denials.append(reason)
@@ -469,6 +477,8 @@ class EventStore:
             return ConnectorError(f"local query exceeded its {self.query_timeout:g}s budget{what}")
         if self._failure:
             return ConnectorError(f"local query failed: {self._failure}")
+        if "one statement at a time" in text:
+            return QueryRefused("only one SQL statement is allowed")
         if "not authorized" in text or "readonly" in text or "read-only" in text:
             return QueryRefused(f"the local store is read-only for queries: {text}")
         return ConnectorError(f"local query failed: {text}")
