@@ -208,6 +208,7 @@ CORPUS: list[tuple[str, str | None, str]] = [
     ("ALTER TABLE main.events ADD COLUMN x", ONLY_SELECT, action("ALTER_TABLE")),
     ("ALTER TABLE main.verdicts RENAME TO v2", ONLY_SELECT, action("ALTER_TABLE")),
     ("PRAGMA query_only = OFF", ONLY_SELECT, action("PRAGMA")),
+    ("PRAGMA query_only=OFF", ONLY_SELECT, action("PRAGMA")),  # verbatim what the store runs to redefine the window
     ("PRAGMA writable_schema = ON", ONLY_SELECT, action("PRAGMA")),
     ("PRAGMA table_info(events)", ONLY_SELECT, action("PRAGMA")),
     ("PRAGMA temp.table_info(siemcrew)", ONLY_SELECT, action("PRAGMA")),
@@ -274,6 +275,22 @@ def test_escape_refused_by_the_sandbox_alone(world, sql: str, guard_reason: str 
     before = _state(connector, folder)
     with pytest.raises(ConnectorError, match=sandbox_reason):
         connector.store.query_events(sql.replace("{tmp}", str(folder)), time_range=WINDOW)
+    assert _state(connector, folder) == before
+
+
+def test_the_statements_that_redefine_the_window_are_refused_when_written(world):
+    """The store runs these on the sandbox with its authorizer off; written, they are judged like any other."""
+    connector, folder = world
+    before = _state(connector, folder)
+    narrow = TimeRange(start=WINDOW.start, end=WINDOW.start.replace(minute=2))
+    for window in (narrow, WINDOW, None, narrow):
+        connector.run_native("SELECT COUNT(*) FROM events", time_range=window)  # the window view redefined
+        with pytest.raises(QueryRefused, match=action("PRAGMA")):
+            connector.store.query_events("PRAGMA query_only=OFF", time_range=window)
+        with pytest.raises(QueryRefused, match=RESERVED):
+            connector.store.query_events("DROP VIEW IF EXISTS temp.siemcrew_window", time_range=window)
+        with pytest.raises(QueryRefused, match=action("INSERT on events")):
+            connector.store.query_events("INSERT INTO main.events (scope, \"event.id\", doc) VALUES ('x', 'y', '{}')")
     assert _state(connector, folder) == before
 
 

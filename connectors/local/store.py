@@ -31,9 +31,9 @@ from typing import Any
 import regex
 
 from siemcrew.connectors.base import ConnectorError, QueryRefused
-from siemcrew.connectors.local.sqltext import restriction
 from siemcrew.connectors.local.loader import LoadReport, Unit, default_scope, iter_units
 from siemcrew.connectors.local.normalize import EVENT_DATA_PREFIX, Normalized, Normalizer, WindowsMapping, dumps
+from siemcrew.connectors.local.sqltext import restriction
 from siemcrew.crew.models import TimeRange
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ _RECURSIVE = getattr(sqlite3, "SQLITE_RECURSIVE", 33)
 _READ_ACTIONS = frozenset([sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, _RECURSIVE])
 _DENIED_FUNCTIONS = frozenset(["load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"])
 
-VIEW = "events"
+VIEW = TABLE
 """What sandboxed SQL reads: a TEMP view that shadows `main.events` (SQLite resolves temp names first)."""
 WINDOW_VIEW = "siemcrew_window"
 """The one reader of `main.events` in the sandbox. Reserved: no sandboxed query may contain this name.
@@ -180,14 +180,21 @@ class EventStore:
         self._sandbox = self._open_sandbox(reader_uri)
 
     # -- connections ---------------------------------------------------------------------
-    def _connect(self, uri: str) -> sqlite3.Connection:
-        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+    def _connect(self, uri: str, cached_statements: int = 128) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            uri, uri=True, check_same_thread=False, isolation_level=None, cached_statements=cached_statements
+        )
         conn.create_function("REGEXP", 2, self._regexp, deterministic=True)
         return conn
 
     def _open_sandbox(self, uri: str) -> sqlite3.Connection:
-        """The connection for written SQL: two TEMP views, no ATTACH, bounded values, the confining authorizer."""
-        conn = self._connect(uri)
+        """The connection for written SQL: two TEMP views, no ATTACH, bounded values, the confining authorizer.
+
+        No statement cache: the authorizer judges a statement when it is prepared. Setting it again
+        (as _set_window does) expires prepared statements, so a cached `PRAGMA query_only=OFF` from
+        _set_window would be judged anew anyway; without a cache that does not rest on it.
+        """
+        conn = self._connect(uri, cached_statements=0)
         conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
         conn.execute(f"CREATE TEMP VIEW {WINDOW_VIEW} AS SELECT * FROM main.{TABLE}")
