@@ -461,6 +461,26 @@ def test_invalid_regular_expression_is_a_clear_query_error(world):
         connector.run_native("SELECT * FROM events WHERE doc REGEXP '(unclosed'", time_range=WINDOW)
 
 
+def test_regexp_too_large_to_compile_is_refused_before_compiling(world):
+    """Compiling is not covered by a match timeout; `regex` needs seconds for nested bounded repeats."""
+    connector, _ = world
+    started = time.monotonic()
+    with pytest.raises(ConnectorError, match=r"too large to compile within a query budget \(3200000 nodes"):
+        connector.run_native("SELECT 'a' REGEXP '((((a{20}){20}){20}){20}){20}'", time_range=WINDOW)
+    assert time.monotonic() - started < 1.0
+    assert connector.run_native("SELECT 'ab' REGEXP '(a{1,20}){1,20}b' AS hit").events == [{"hit": 1}]
+
+
+def test_regexp_syntax_is_what_re_accepted(world):
+    """`re`'s parser decides the syntax, as before the engine changed: lookarounds and backreferences
+    work; `regex`-only syntax is refused as `re` refused it."""
+    connector, _ = world
+    sql = "SELECT 'xy' REGEXP '(?i)X(?=Y)' AS look, 'abab' REGEXP '^(ab)\\1$' AS back"
+    assert connector.run_native(sql).events == [{"look": 1, "back": 1}]
+    with pytest.raises(ConnectorError, match=r"invalid regular expression .*bad escape \\p"):
+        connector.run_native("SELECT 'a' REGEXP '\\p{L}'")
+
+
 SIGMA_RE = """
 title: Encoded PowerShell by regular expression
 id: 6f4d3c1a-4c2e-4a57-8a53-0e3d8f2b9c11

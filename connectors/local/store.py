@@ -26,6 +26,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
+from re import _constants as sre_constants  # re's own parser: the syntax REGEXP has always accepted
+from re import _parser as sre_parse
 from typing import Any
 
 import regex
@@ -75,6 +77,7 @@ SQLite tells the authorizer which view or CTE a read comes from by name only, so
 define a CTE of the window view's name over `main.events` and pass for it. `events` cannot be that
 view (queries may legitimately name a CTE `events`); a name they may not write at all can.
 """
+MAX_REGEX_SIZE = 100_000  # compiled nodes of one REGEXP pattern: about 0.1 s to compile (see _weight)
 MAX_VALUE_BYTES = 64 * 1024 * 1024  # one string or blob in the sandbox; events are far smaller
 # Functions sandboxed SQL may call: computation on values only (core, date, aggregate, window, math,
 # JSON scalar functions and REGEXP). Not: extension loading, FTS/R*Tree internals, connection state
@@ -112,9 +115,45 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _weight(items: Any) -> int:
+    """About how many nodes a parsed pattern compiles to: a bounded repeat counts its body that often.
+
+    `regex` compiles in time proportional to this (about a microsecond per node), and nothing bounds
+    compiling: `((((a{20}){20}){20}){20}){20}` takes seconds before any timeout applies.
+    """
+    total = 0
+    for op, av in items:
+        if op in (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, sre_constants.POSSESSIVE_REPEAT):
+            low, high, body = av
+            total += max(low if high == sre_constants.MAXREPEAT else high, 1) * _weight(body)
+        elif op == sre_constants.SUBPATTERN:
+            total += _weight(av[-1])
+        elif op == sre_constants.BRANCH:
+            total += sum(_weight(branch) for branch in av[1])
+        elif op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT):
+            total += _weight(av[1])
+        elif op == sre_constants.ATOMIC_GROUP:
+            total += _weight(av)
+        elif op == sre_constants.GROUPREF_EXISTS:
+            total += _weight(av[1]) + (_weight(av[2]) if av[2] else 0)
+        else:
+            total += 1
+    return total
+
+
 @lru_cache(maxsize=512)
 def _pattern(expression: str) -> regex.Pattern[str]:
-    """`regex` rather than `re`: same syntax (VERSION0), but a match takes a timeout."""
+    """The compiled REGEXP pattern: `re`'s syntax, `regex`'s engine (whose matches take a timeout).
+
+    The pattern is parsed as `re` parses it, so what the store accepted before is accepted now and
+    nothing more; one that would take long to compile is refused before compiling (see _weight).
+    """
+    try:
+        size = _weight(sre_parse.parse(expression, re.IGNORECASE))
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise regex.error(str(exc) or type(exc).__name__) from None
+    if size > MAX_REGEX_SIZE:
+        raise regex.error(f"too large to compile within a query budget ({size} nodes; at most {MAX_REGEX_SIZE})")
     return regex.compile(expression, regex.IGNORECASE)
 
 
