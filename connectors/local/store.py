@@ -296,7 +296,8 @@ class EventStore:
                     return sqlite3.SQLITE_OK  # a CTE or subquery (unqualified `events` is the view)
                 if schema == "main" and table == TABLE and self._window is None:
                     return sqlite3.SQLITE_OK  # no window: the view has no WHERE, so count(*) is the table's
-            return self._deny(f"reading {db or 'main'}.{arg1} is not allowed: queries read the events view ({VIEW}) only")
+            where = f"{db or 'main'}.{arg1}"
+            return self._deny(f"reading {where} is not allowed: queries read the events view ({VIEW}) only")
         name = _ACTION_NAMES.get(action, f"action {action}")
         if action in (sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE) and arg1:
             name += f" on {arg1}"  # DDL shows as a write to the catalog, a table function as its declaration
