@@ -376,6 +376,24 @@ def test_without_a_window_every_event_and_count_star_over_the_table():
         connector.run_native("SELECT doc FROM main.events")  # no window, still only the view
 
 
+def test_values_are_bounded_in_size(world):
+    """A query cannot make one string or blob larger than MAX_VALUE_BYTES (memory, not only time)."""
+    connector, _ = world
+    grow = "SELECT length(replace(printf('%.*c', 1000000, 'x'), 'x', '{}')) AS n"
+    with pytest.raises(ConnectorError, match="string or blob too big"):
+        connector.run_native(grow.format("x" * 70), time_range=WINDOW)  # 70 MB
+    assert connector.run_native(grow.format("x" * 60), time_range=WINDOW).events == [{"n": 60_000_000}]
+    big = connector.run_native("SELECT printf('%.*c', 100000000, 'x') IS NULL AS capped", time_range=WINDOW)
+    assert big.events == [{"capped": 1}]  # SQLite's printf gives up at the limit rather than allocate 100 MB
+
+
+def test_a_window_sqlite_cannot_hold_is_a_query_error_and_the_next_query_runs(world):
+    connector, _ = world
+    with pytest.raises(ConnectorError, match="cannot set its window"):
+        connector.store.query_events("SELECT COUNT(*) FROM events", scope="lab\x00")
+    assert connector.run_native("SELECT COUNT(*) AS n FROM events", time_range=WINDOW).events == [{"n": 4}]
+
+
 def test_window_changes_between_queries_and_the_reader_is_untouched(world):
     """A windowed sandbox query leaves nothing behind: the next one and the code's own searches see theirs."""
     connector, _ = world

@@ -492,7 +492,10 @@ class EventStore:
         if WINDOW_VIEW in sql.lower():
             raise QueryRefused(f"the name {WINDOW_VIEW!r} is reserved by the local store")
         with self._lock:
-            self._set_window(restriction(scope, time_range))
+            try:
+                self._set_window(restriction(scope, time_range))
+            except (sqlite3.Error, ValueError) as exc:  # e.g. a NUL in the scope
+                raise ConnectorError(f"local query failed: cannot set its window: {exc}") from None
             return self._execute(self._sandbox, sql, (), max_rows)
 
     def _execute(
