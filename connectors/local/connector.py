@@ -1,7 +1,9 @@
 """`LocalConnector`: the SiemConnector over the embedded store (the offline default).
 
-Hunts arrive as `EventQuery` and become SQL through `SqlDialect`; native SQL passes the
-read-only guard; Sigma rules are converted with pySigma. Every result carries the exact SQL sent.
+Hunts arrive as `EventQuery` and become SQL through `SqlDialect` (run on the store's reader);
+native SQL passes the read-only guard and Sigma rules are converted with pySigma, and both run in the
+store's sandbox, where `events` is a view of the requested scope/time window and nothing else is
+readable. Every result carries the exact SQL sent.
 """
 
 from __future__ import annotations
@@ -136,13 +138,17 @@ class LocalConnector:
             connector=self.name, language=self.language, query=sql, total=total, events=events, truncated=total > limit
         )
 
-    def _run(self, sql: str, limit: int, language: str) -> SearchResult:
-        """Run a read-only SELECT, keep `limit` rows, count the rest; rows with a `doc` become that doc."""
+    def _run(
+        self, sql: str, limit: int, language: str, time_range: TimeRange | None = None, scope: str | None = None
+    ) -> SearchResult:
+        """Run written SQL in the sandbox, keep `limit` rows, count the rest; rows with a `doc` become that doc."""
         limit = max(0, int(limit))
-        names, rows = self.store.query(sql, max_rows=limit + 1)
+        names, rows = self.store.query_events(sql, scope, time_range, max_rows=limit + 1)
         total = len(rows)
         if total > limit:
-            total = int(self.store.scalar(f"SELECT COUNT(*) FROM ({sql})") or 0)
+            # The query on lines of its own: a trailing `-- comment` must not swallow the ")".
+            counted = f"SELECT COUNT(*) FROM (\n{sql}\n)"
+            total = int(self.store.query_events(counted, scope, time_range, max_rows=1)[1][0][0] or 0)
             rows = rows[:limit]
         if "doc" in names:
             position = names.index("doc")
@@ -154,14 +160,13 @@ class LocalConnector:
         )
 
     def run_native(self, query: str, time_range: TimeRange | None = None, limit: int = 200) -> SearchResult:
-        """One read-only SELECT/WITH statement; a time range shadows `events` with that window's rows."""
-        sql = sqltext.restrict(sqltext.check_read_only(query), time_range=time_range)
-        return self._run(sql, limit, self.language)
+        """One read-only SELECT/WITH statement over `events`, the view of `time_range`'s rows."""
+        return self._run(sqltext.check_read_only(query), limit, self.language, time_range=time_range)
 
-    def sigma_sql(self, rule_yaml: str, time_range: TimeRange | None = None, scope: str | None = None) -> str:
+    def sigma_sql(self, rule_yaml: str) -> str:
+        """The rule as one SELECT over `events`; the scope/time window is the view's, not the text's."""
         converted = self.sigma.convert(rule_yaml)
-        body = f'SELECT * FROM {TABLE} WHERE {converted.where} ORDER BY "@timestamp" ASC'
-        return sqltext.restrict(body, scope=scope, time_range=time_range)
+        return f'SELECT * FROM {TABLE} WHERE {converted.where} ORDER BY "@timestamp" ASC'
 
     def run_sigma(
         self, rule_yaml: str, time_range: TimeRange | None = None, limit: int = 200, scope: str | None = None
@@ -171,8 +176,8 @@ class LocalConnector:
         A field no loaded event carries is no error: it is added as an empty column, so the rule
         simply matches nothing there (as it would on a SIEM without that field).
         """
-        sql = self.sigma_sql(rule_yaml, time_range, scope)
-        return self._absent_fields_are_empty(lambda: self._run(sql, limit, "sigma"))
+        sql = self.sigma_sql(rule_yaml)
+        return self._absent_fields_are_empty(lambda: self._run(sql, limit, "sigma", time_range, scope))
 
     def _absent_fields_are_empty(self, run: Callable[[], T]) -> T:
         """Rules name fields no loaded event carries; add them as empty columns and run again."""
@@ -205,7 +210,7 @@ class LocalConnector:
                 sql = self.sigma_sql(text)
                 meta = self.sigma.convert(text).meta.model_copy(update={"path": str(path)})
                 names, rows = self._absent_fields_are_empty(
-                    lambda: self.store.query(sql, max_rows=MAX_RULE_HITS + 1))
+                    lambda: self.store.query_events(sql, max_rows=MAX_RULE_HITS + 1))
             except (OSError, UnicodeDecodeError, ConnectorError) as exc:
                 log.warning("skipped Sigma rule %s: %s", path, exc)
                 self.alert_problems.append((str(path), str(exc)))

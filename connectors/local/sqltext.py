@@ -1,8 +1,8 @@
-"""SQL text for the embedded store: quoting, the read-only guard, and scope/time restriction.
+"""SQL text for the embedded store: quoting, the read-only guard, and the scope/time restriction.
 
-The guard is the first of two walls: the agent connection itself is `query_only` with an
-authorizer that allows reads only (see store.py). Restriction works by shadowing the `events`
-table with a CTE of the same name, so any query over `events` sees only the requested window.
+The guard is the first wall and gives a plain reason for the common refusals. It is not what
+confines a query: the store runs written SQL on a sandbox connection whose authorizer admits reads
+of the window view `events` only (see store.py), whatever the text looks like.
 """
 
 from __future__ import annotations
@@ -40,15 +40,25 @@ def check_field(name: str) -> str:
 
 
 def check_read_only(sql: str) -> str:
-    """The statement without a trailing ';' if it is exactly one SELECT/WITH query; else QueryRefused."""
+    """The statement without what follows its ';' if it is exactly one SELECT/WITH query; else QueryRefused.
+
+    The text is kept as written (comments included) up to a final ';'; only whitespace and comments
+    may follow that ';'. An unterminated /* comment is refused: SQLite would let it run to the end
+    of the text, so the query could not be wrapped (for counting) without swallowing the wrapper.
+    """
     text = sql.strip()
-    while text.endswith(";"):
-        text = text[:-1].rstrip()
+    for token in _OPAQUE.finditer(text):
+        if token.group(0).startswith("/*") and (len(token.group(0)) < 4 or not token.group(0).endswith("*/")):
+            raise QueryRefused("unterminated /* comment")
+    # Literals, identifiers and comments blanked to the same length: positions still match `text`.
+    skeleton = _OPAQUE.sub(lambda m: " " * len(m.group(0)), text)
+    end = skeleton.find(";")
+    if end >= 0:
+        if skeleton[end:].strip(" \t\r\n;"):
+            raise QueryRefused("only one SQL statement is allowed (found ';' chaining)")
+        text, skeleton = text[:end].rstrip(), skeleton[:end].rstrip()
     if not text:
         raise QueryRefused("empty query")
-    skeleton = _OPAQUE.sub(" ", text)
-    if ";" in skeleton:
-        raise QueryRefused("only one SQL statement is allowed (found ';' chaining)")
     words = _WORD.findall(skeleton)
     if not words or words[0].upper() not in ("SELECT", "WITH"):
         raise QueryRefused("only SELECT or WITH ... SELECT queries are allowed on the local store")
@@ -71,15 +81,3 @@ def restriction(scope: str | None = None, time_range: TimeRange | None = None) -
             f'"@timestamp" >= {literal(iso(time_range.start))} AND "@timestamp" <= {literal(iso(time_range.end))}'
         )
     return " AND ".join(parts) or None
-
-
-def restrict(sql: str, scope: str | None = None, time_range: TimeRange | None = None) -> str:
-    """`sql` with `events` shadowed by a CTE holding only the scope/time window's rows."""
-    where = restriction(scope, time_range)
-    if where is None:
-        return sql
-    cte = f"events AS (SELECT * FROM main.events WHERE {where})"
-    head = re.match(r"^\s*WITH\s+(RECURSIVE\s+)?", sql, re.IGNORECASE)
-    if head:
-        return f"WITH {head.group(1) or ''}{cte}, {sql[head.end():]}"
-    return f"WITH {cte} {sql}"

@@ -5,11 +5,18 @@ backend targets it. Every TEXT column is `COLLATE NOCASE`, so `=`, `IN` and `LIK
 case-insensitively as Sigma does. Columns are the fixed ECS fields the crew relies on, plus one
 column per raw Windows field name (added as new names appear) so Sigma SQL runs as generated.
 The full ECS event is kept as JSON in `doc`, which is what searches return.
+
+Three connections: a writer (loading, verdicts), a read-only reader for SQL the code builds, and a
+sandbox for SQL a user or a model writes. The sandbox sees the events of one scope/time window as
+the view `events` and nothing else: SQLite's own authorizer, consulted for every table, column and
+function a statement touches while it is prepared, refuses anything outside that view (see
+`_confined`). Every statement runs within a time budget, REGEXP included (see `_regexp`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sqlite3
 import threading
@@ -19,11 +26,17 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
+from re import _constants as sre_constants  # re's own parser: the syntax REGEXP has always accepted
+from re import _parser as sre_parse
 from typing import Any
+
+import regex
 
 from siemcrew.connectors.base import ConnectorError, QueryRefused
 from siemcrew.connectors.local.loader import MAX_ARCHIVE_BYTES, LoadReport, Unit, default_scope, iter_units
 from siemcrew.connectors.local.normalize import EVENT_DATA_PREFIX, Normalized, Normalizer, WindowsMapping, dumps
+from siemcrew.connectors.local.sqltext import restriction
+from siemcrew.crew.models import TimeRange
 
 log = logging.getLogger(__name__)
 
@@ -51,30 +64,101 @@ INDEXED = ("@timestamp", "host.hostname", "process.entity_id", "process.parent.e
 MAX_COLUMNS = 1900  # SQLite's default limit is 2000 columns per table
 _FIXED = frozenset(name.lower() for name in ECS_COLUMNS + RESERVED + ("rowid", "oid", "_rowid_"))
 _INT64 = (-(2**63), 2**63 - 1)
-_READ_ACTIONS = frozenset(
-    [sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, getattr(sqlite3, "SQLITE_RECURSIVE", 33)]
-)
+_RECURSIVE = getattr(sqlite3, "SQLITE_RECURSIVE", 33)
+_READ_ACTIONS = frozenset([sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, _RECURSIVE])
 _DENIED_FUNCTIONS = frozenset(["load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"])
+
+VIEW = TABLE
+"""What sandboxed SQL reads: a TEMP view that shadows `main.events` (SQLite resolves temp names first)."""
+WINDOW_VIEW = "siemcrew_window"
+"""The one reader of `main.events` in the sandbox. Reserved: no sandboxed query may contain this name.
+
+SQLite tells the authorizer which view or CTE a read comes from by name only, so a query could
+define a CTE of the window view's name over `main.events` and pass for it. `events` cannot be that
+view (queries may legitimately name a CTE `events`); a name they may not write at all can.
+"""
+MAX_REGEX_SIZE = 100_000  # compiled nodes of one REGEXP pattern: about 0.1 s to compile (see _weight)
+MAX_VALUE_BYTES = 64 * 1024 * 1024  # one string or blob in the sandbox; events are far smaller
+# Functions sandboxed SQL may call: computation on values only (core, date, aggregate, window, math,
+# JSON scalar functions and REGEXP). Not: extension loading, FTS/R*Tree internals, connection state
+# (changes(), last_insert_rowid()), the error log, or blobs sized by the query (randomblob, zeroblob).
+ALLOWED_FUNCTIONS = frozenset("""
+    abs char coalesce concat concat_ws format glob hex ifnull iif if instr length like likelihood likely
+    lower ltrim max min nullif octet_length printf quote random replace round rtrim sign soundex substr
+    substring trim typeof unhex unicode unistr unlikely upper
+    date time datetime julianday unixepoch strftime timediff current_date current_time current_timestamp
+    avg count group_concat string_agg sum total median
+    row_number rank dense_rank percent_rank cume_dist ntile lag lead first_value last_value nth_value
+    acos acosh asin asinh atan atan2 atanh ceil ceiling cos cosh degrees exp floor ln log log10 log2 mod pi
+    pow power radians sin sinh sqrt tan tanh trunc
+    json jsonb json_array jsonb_array json_array_length json_error_position json_extract jsonb_extract
+    json_insert jsonb_insert json_object jsonb_object json_patch jsonb_patch json_pretty json_quote
+    json_remove jsonb_remove json_replace jsonb_replace json_set jsonb_set json_type json_valid
+    json_group_array jsonb_group_array json_group_object jsonb_group_object -> ->>
+    regexp
+""".split())  # fmt: skip
+_ACTION_NAMES = {
+    getattr(sqlite3, "SQLITE_" + name): name
+    for name in (
+        "CREATE_INDEX CREATE_TABLE CREATE_TEMP_INDEX CREATE_TEMP_TABLE CREATE_TEMP_TRIGGER CREATE_TEMP_VIEW "
+        "CREATE_TRIGGER CREATE_VIEW DELETE DROP_INDEX DROP_TABLE DROP_TEMP_INDEX DROP_TEMP_TABLE "
+        "DROP_TEMP_TRIGGER DROP_TEMP_VIEW DROP_TRIGGER DROP_VIEW INSERT PRAGMA TRANSACTION UPDATE ATTACH "
+        "DETACH ALTER_TABLE REINDEX ANALYZE CREATE_VTABLE DROP_VTABLE SAVEPOINT"
+    ).split()
+    if hasattr(sqlite3, "SQLITE_" + name)
+}
+_REGEX_TIMEOUT = "timeout"
+_REDEFINING = "(window view being redefined)"  # a window no query sees: the '' read rule stays shut
 
 
 def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _weight(items: Any) -> int:
+    """About how many nodes a parsed pattern compiles to: a bounded repeat counts its body that often.
+
+    `regex` compiles in time proportional to this (about a microsecond per node), and nothing bounds
+    compiling: `((((a{20}){20}){20}){20}){20}` takes seconds before any timeout applies.
+    """
+    total = 0
+    for op, av in items:
+        if op in (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, sre_constants.POSSESSIVE_REPEAT):
+            low, high, body = av
+            total += max(low if high == sre_constants.MAXREPEAT else high, 1) * _weight(body)
+        elif op == sre_constants.SUBPATTERN:
+            total += _weight(av[-1])
+        elif op == sre_constants.BRANCH:
+            total += sum(_weight(branch) for branch in av[1])
+        elif op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT):
+            total += _weight(av[1])
+        elif op == sre_constants.ATOMIC_GROUP:
+            total += _weight(av)
+        elif op == sre_constants.GROUPREF_EXISTS:
+            total += _weight(av[1]) + (_weight(av[2]) if av[2] else 0)
+        else:
+            total += 1
+    return total
+
+
 @lru_cache(maxsize=512)
-def _pattern(expression: str) -> re.Pattern[str]:
-    return re.compile(expression, re.IGNORECASE)
+def _pattern(expression: str) -> regex.Pattern[str]:
+    """The compiled REGEXP pattern: `re`'s syntax, `regex`'s engine (whose matches take a timeout).
 
-
-def regexp(expression: str | None, value: Any) -> int | None:
-    """SQLite's `value REGEXP expression`: Python `re`, case-insensitive, search semantics."""
-    if expression is None or value is None:
-        return None
-    return 1 if _pattern(expression).search(str(value)) else 0
+    The pattern is parsed as `re` parses it, so what the store accepted before is accepted now and
+    nothing more; one that would take long to compile is refused before compiling (see _weight).
+    """
+    try:
+        size = _weight(sre_parse.parse(expression, re.IGNORECASE))
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise regex.error(str(exc) or type(exc).__name__) from None
+    if size > MAX_REGEX_SIZE:
+        raise regex.error(f"too large to compile within a query budget ({size} nodes; at most {MAX_REGEX_SIZE})")
+    return regex.compile(expression, regex.IGNORECASE)
 
 
 def _read_only_authorizer(action: int, arg1: str | None, arg2: str | None, _db: str | None, _src: str | None) -> int:
-    """Defence in depth under the text guard: the agent connection may only read."""
+    """Defence in depth for the reader, which runs SQL the code builds: it may only read."""
     if action not in _READ_ACTIONS:
         return sqlite3.SQLITE_DENY
     if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _DENIED_FUNCTIONS:
@@ -94,7 +178,7 @@ def sql_value(value: Any) -> Any:
 
 
 class EventStore:
-    """SQLite events table with a loader, a writer connection and a read-only agent connection."""
+    """SQLite events table with a loader, a writer, a reader for code-built SQL and a sandbox for written SQL."""
 
     def __init__(
         self,
@@ -106,7 +190,10 @@ class EventStore:
         self.query_timeout = query_timeout
         self.normalizer = Normalizer(WindowsMapping(mapping))
         self._lock = threading.RLock()
-        self._deadline = float("inf")
+        self._deadline = math.inf
+        self._failure: str | None = None  # why a REGEXP raised inside SQLite, read back by _execute
+        self._denials: list[str] = []  # what the sandbox authorizer refused while preparing
+        self._window: str | None = None  # the WHERE text of the sandbox's window view (None: every event)
         self._column_warning = False
         self.memory = self.path == ":memory:"
         if self.memory:
@@ -125,19 +212,121 @@ class EventStore:
         self._reader.execute("PRAGMA query_only=ON")
         self._reader.set_authorizer(_read_only_authorizer)
         self._reader.set_progress_handler(self._over_budget, 10_000)
+        # Tables and views of the file, which an unqualified name in a count(*) may be (see _confined).
+        self._catalog = frozenset(
+            row[0].lower() for row in self._db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+        )
+        self._sandbox = self._open_sandbox(reader_uri)
 
     # -- connections ---------------------------------------------------------------------
-    @staticmethod
-    def _connect(uri: str) -> sqlite3.Connection:
-        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-        conn.create_function("REGEXP", 2, regexp, deterministic=True)
+    def _connect(self, uri: str, cached_statements: int = 128) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            uri, uri=True, check_same_thread=False, isolation_level=None, cached_statements=cached_statements
+        )
+        conn.create_function("REGEXP", 2, self._regexp, deterministic=True)
+        return conn
+
+    def _open_sandbox(self, uri: str) -> sqlite3.Connection:
+        """The connection for written SQL: two TEMP views, no ATTACH, bounded values, the confining authorizer.
+
+        No statement cache: the authorizer judges a statement when it is prepared. Setting it again
+        (as _set_window does) expires prepared statements, so a cached `PRAGMA query_only=OFF` from
+        _set_window would be judged anew anyway; without a cache that does not rest on it.
+        """
+        conn = self._connect(uri, cached_statements=0)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+        conn.execute(f"CREATE TEMP VIEW {WINDOW_VIEW} AS SELECT * FROM main.{TABLE}")
+        conn.execute(f"CREATE TEMP VIEW {VIEW} AS SELECT * FROM temp.{WINDOW_VIEW}")
+        conn.execute("PRAGMA query_only=ON")
+        conn.set_authorizer(self._confined)
+        conn.set_progress_handler(self._over_budget, 10_000)
         return conn
 
     def _over_budget(self) -> int:
         return 1 if time.monotonic() > self._deadline else 0
 
+    def _regexp(self, expression: str | None, value: Any) -> int | None:
+        """SQLite's `value REGEXP expression`: case-insensitive search, bounded by the query's deadline.
+
+        SQLite's progress handler cannot interrupt a Python callback, and `re` backtracks without
+        bound (`'aaa…a!' REGEXP '^(a|a)*$'` doubles per character). `regex` takes a timeout, which
+        it counts in CPU time: a match gets what is left of the budget, running out fails the whole
+        query (see _translate), and the GIL is released while it matches so other threads go on.
+        """
+        if expression is None or value is None:
+            return None
+        try:
+            pattern = _pattern(expression)
+        except regex.error as exc:
+            self._failure = f"invalid regular expression {expression[:200]!r}: {exc}"
+            raise
+        left = self._deadline - time.monotonic()
+        timeout = None if math.isinf(left) else max(left, 0.0)
+        try:
+            return 1 if pattern.search(str(value), concurrent=True, timeout=timeout) else 0
+        except TimeoutError:
+            self._failure = _REGEX_TIMEOUT
+            raise
+
+    def _confined(self, action: int, arg1: str | None, arg2: str | None, db: str | None, src: str | None) -> int:
+        """The sandbox's authorizer: reads of the window view, and pure functions; nothing else.
+
+        SQLite asks it, while preparing, for every table column read (with the view or CTE the read
+        comes from), every function called, and every other action (PRAGMA, ATTACH, writes,
+        transactions, DDL), so a reference it does not allow fails the statement before it runs,
+        however the SQL text spells it.
+        """
+        if action in (sqlite3.SQLITE_SELECT, _RECURSIVE):
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_FUNCTION:
+            if (arg2 or "").lower() in ALLOWED_FUNCTIONS:
+                return sqlite3.SQLITE_OK
+            return self._deny(f"function {arg2}() is not allowed")
+        if action == sqlite3.SQLITE_READ:
+            table, schema = (arg1 or "").lower(), (db or "").lower()
+            if schema == "temp" and table in (VIEW, WINDOW_VIEW):
+                return sqlite3.SQLITE_OK  # the views themselves
+            if schema == "main" and table == TABLE and src == WINDOW_VIEW:
+                return sqlite3.SQLITE_OK  # the window view reading the table
+            if arg2 == "":
+                # A table counted but not read (count(*), SELECT 1 FROM t) is reported with an empty
+                # column, no view, and no schema unless the query wrote one.
+                if db is None and (table == VIEW or (table not in self._catalog and not table.startswith("sqlite_"))):
+                    return sqlite3.SQLITE_OK  # a CTE or subquery (unqualified `events` is the view)
+                if schema == "main" and table == TABLE and self._window is None:
+                    return sqlite3.SQLITE_OK  # no window: the view has no WHERE, so count(*) is the table's
+            where = f"{db or 'main'}.{arg1}"
+            return self._deny(f"reading {where} is not allowed: queries read the events view ({VIEW}) only")
+        name = _ACTION_NAMES.get(action, f"action {action}")
+        if action in (sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE) and arg1:
+            name += f" on {arg1}"  # DDL shows as a write to the catalog, a table function as its declaration
+        return self._deny(f"{name} is not allowed: the store is read-only")
+
+    def _deny(self, reason: str) -> int:
+        self._denials.append(reason)
+        return sqlite3.SQLITE_DENY
+
+    def _set_window(self, where: str | None) -> None:
+        """Redefine the window view as `main.events` [WHERE where]; the authorizer is off for that moment only."""
+        if where == self._window:
+            return
+        conn = self._sandbox
+        conn.set_authorizer(None)
+        self._window = _REDEFINING
+        try:
+            conn.execute("PRAGMA query_only=OFF")
+            conn.execute(f"DROP VIEW IF EXISTS temp.{WINDOW_VIEW}")
+            condition = f" WHERE {where}" if where else ""
+            conn.execute(f"CREATE TEMP VIEW {WINDOW_VIEW} AS SELECT * FROM main.{TABLE}{condition}")
+            self._window = where
+        finally:
+            conn.execute("PRAGMA query_only=ON")
+            conn.set_authorizer(self._confined)
+
     def close(self) -> None:
         with self._lock:
+            self._sandbox.close()
             self._reader.close()
             self._db.close()
 
@@ -285,26 +474,65 @@ class EventStore:
 
     # -- reading ---------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] = (), max_rows: int | None = None) -> tuple[list[str], list[tuple]]:
-        """Run one read-only statement on the agent connection, within the time budget."""
+        """Run one read-only statement the code built on the reader connection, within the time budget."""
         with self._lock:
-            self._deadline = time.monotonic() + self.query_timeout
+            return self._execute(self._reader, sql, params, max_rows)
+
+    def query_events(
+        self,
+        sql: str,
+        scope: str | None = None,
+        time_range: TimeRange | None = None,
+        max_rows: int | None = None,
+    ) -> tuple[list[str], list[tuple]]:
+        """Run written SQL (a user's, a model's, a Sigma rule's) in the sandbox, within the time budget.
+
+        It reads the view `events`, which holds only the rows of `scope` and `time_range`; every other
+        table, schema, pragma, write or non-pure function is refused by the authorizer (QueryRefused).
+        """
+        if WINDOW_VIEW in sql.lower():
+            raise QueryRefused(f"the name {WINDOW_VIEW!r} is reserved by the local store")
+        with self._lock:
             try:
-                cursor = self._reader.execute(sql, params)
-                names = [item[0] for item in cursor.description or ()]
-                rows = cursor.fetchmany(max_rows) if max_rows is not None else cursor.fetchall()
-                cursor.close()
-            except sqlite3.DatabaseError as exc:
-                text = str(exc)
-                if "interrupted" in text:
-                    raise ConnectorError(f"local query exceeded its {self.query_timeout:g}s budget") from None
-                if "not authorized" in text or "readonly" in text or "read-only" in text:
-                    raise QueryRefused(f"the local store is read-only for queries: {text}") from None
-                raise ConnectorError(f"local query failed: {text}") from None
-            except (sqlite3.Error, OverflowError, ValueError) as exc:
-                raise ConnectorError(f"local query failed: {exc}") from None
-            finally:
-                self._deadline = float("inf")
+                self._set_window(restriction(scope, time_range))
+            except (sqlite3.Error, ValueError) as exc:  # e.g. a NUL in the scope
+                raise ConnectorError(f"local query failed: cannot set its window: {exc}") from None
+            return self._execute(self._sandbox, sql, (), max_rows)
+
+    def _execute(
+        self, conn: sqlite3.Connection, sql: str, params: Sequence[Any], max_rows: int | None
+    ) -> tuple[list[str], list[tuple]]:
+        """One statement under the lock: deadline set, failures named, the deadline cleared whatever happens."""
+        self._deadline = time.monotonic() + self.query_timeout
+        self._failure = None
+        self._denials.clear()
+        try:
+            cursor = conn.execute(sql, params)
+            names = [item[0] for item in cursor.description or ()]
+            rows = cursor.fetchmany(max_rows) if max_rows is not None else cursor.fetchall()
+            cursor.close()
+        except sqlite3.DatabaseError as exc:
+            raise self._translate(str(exc)) from None
+        except (sqlite3.Error, OverflowError, ValueError) as exc:
+            raise ConnectorError(f"local query failed: {exc}") from None
+        finally:
+            self._deadline = math.inf
         return names, rows
+
+    def _translate(self, text: str) -> ConnectorError:
+        """The error a failed statement means: refused, over budget (REGEXP included), or failed."""
+        if self._denials:
+            return QueryRefused(f"query refused by the local store: {self._denials[0]}")
+        if "interrupted" in text or self._failure == _REGEX_TIMEOUT:
+            what = " (a REGEXP match ran out of time)" if self._failure == _REGEX_TIMEOUT else ""
+            return ConnectorError(f"local query exceeded its {self.query_timeout:g}s budget{what}")
+        if self._failure:
+            return ConnectorError(f"local query failed: {self._failure}")
+        if "one statement at a time" in text:
+            return QueryRefused("only one SQL statement is allowed")
+        if "not authorized" in text or "readonly" in text or "read-only" in text:
+            return QueryRefused(f"the local store is read-only for queries: {text}")
+        return ConnectorError(f"local query failed: {text}")
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         _, rows = self.query(sql, params, max_rows=1)
