@@ -1,12 +1,19 @@
 """The read-only guard: agents reach only read endpoints with read queries.
 
 Three doors lead into Elasticsearch from an agent, and each has an allowlist:
-  * ES|QL text: only known read commands (no COMPLETION/RERANK, which ship rows to inference
-    endpoints, and nothing unknown);
+  * ES|QL text: only known read commands (no COMPLETION/RERANK/EMBED, which ship rows to inference
+    endpoints, no COLLECT, which writes them to an index, and nothing unknown), and no function
+    that calls an inference endpoint (TEXT_EMBEDDING...). The text is tokenised as Elasticsearch's
+    lexer reads it, in one pass: "..." strings with their escapes, triple-quoted strings, `quoted`
+    names, // and /* */ comments. So a comment marker inside a string, or a pipe inside a comment,
+    can neither hide nor invent a command. Where ES|QL versions or lexer modes disagree (before
+    8.15 FROM reads `"` as a name character, since then a backtick; nested block comments), the
+    query is refused rather than guessed at;
   * query-DSL bodies: only search keys, and no scripts anywhere (agents need none, and scripts
     are how a "search" turns into work or side effects);
   * console requests (`GET logs-*/_search {...}` as in Kibana Dev Tools): only read endpoints,
-    only harmless URL parameters, no path tricks.
+    only harmless URL parameters, no path tricks, no duplicate JSON keys; a `POST _query` body
+    holds an ES|QL query checked as above, an optional DSL filter and no parameters.
 Anything else raises `QueryRefused` with the reason, for the tool layer to audit.
 """
 
@@ -14,10 +21,12 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from siemcrew.connectors.base import QueryRefused
+from siemcrew.connectors.guardtext import refuse_control_characters, refuse_lookalike
 
 ESQL_READ_COMMANDS = frozenset(
     {
@@ -25,10 +34,30 @@ ESQL_READ_COMMANDS = frozenset(
         "drop", "rename", "dissect", "grok", "enrich", "mv_expand", "lookup", "sample", "change_point",
     }
 )
+ESQL_SOURCE_COMMANDS = frozenset({"from", "row", "show", "ts"})
 ESQL_REFUSED = {
     "completion": "COMPLETION sends rows to an inference endpoint",
     "rerank": "RERANK sends rows to an inference endpoint",
+    "embed": "EMBED sends rows to an inference endpoint",
+    "collect": "COLLECT writes rows into an index",
 }
+ESQL_REFUSED_FUNCTIONS = {
+    name: "calls an inference endpoint"
+    for name in ("text_embedding", "embed_text", "text_similarity", "completion", "rerank", "embed")
+}
+# Commands whose arguments every ES|QL version lexes in expression mode, where "..." is always a
+# string. Elsewhere (FROM, KEEP, RENAME, ENRICH...) some versions read `"` or a backtick as a plain
+# name character, so strings and quoted names there may hold nothing that could be structure.
+ESQL_EXPRESSION_COMMANDS = frozenset({"where", "eval", "stats", "inlinestats", "sort", "limit", "row", "dissect", "grok"})
+ESQL_UNSAFE_IN_NAMES = frozenset('|[]()/`";\r\n')
+ESQL_STRUCTURAL = '|[]()"`/;*?'
+ESQL_SPACE = " \t\r\n"
+ESQL_ESCAPES = frozenset('tnr"\\')
+ESQL_BODY_KEYS = frozenset(
+    {"query", "filter", "columnar", "locale", "time_zone", "profile", "include_ccs_metadata", "include_execution_metadata"}
+)
+_ESQL_WORD = re.compile(r"[A-Za-z0-9_@.]+")
+_ESQL_COMMAND = re.compile(r"^[A-Za-z_]+$")
 DSL_KEYS = frozenset(
     {
         "query", "size", "from", "sort", "aggs", "aggregations", "_source", "fields", "track_total_hits",
@@ -67,64 +96,173 @@ READ_PARAMS = frozenset(
 _METHOD = re.compile(r"^(GET|POST|PUT|DELETE|HEAD|PATCH)\s+(\S+)\s*(.*)$", re.S | re.I)
 
 
-def split_pipes(text: str) -> list[str]:
-    """ES|QL commands: split on | outside string literals ("..." and triple-quoted)."""
-    parts: list[str] = []
-    current: list[str] = []
-    i, quote = 0, ""
-    while i < len(text):
-        if not quote and text.startswith('"""', i):
-            quote = '"""'
-            current.append(quote)
-            i += 3
+EsqlKind = Literal["word", "string", "name", "pipe", "open", "close", "op"]
+
+
+@dataclass(frozen=True)
+class EsqlToken:
+    kind: EsqlKind
+    text: str
+    start: int
+    end: int
+
+
+def esql_tokens(text: str) -> tuple[list[EsqlToken], str]:
+    """ES|QL text -> tokens (comments and whitespace dropped) and the text with comments blanked.
+
+    Strings, quoted names and comments are read in one pass, as Elasticsearch's lexer does; what
+    its versions or lexer modes could read differently raises `QueryRefused`.
+    """
+    refuse_control_characters(text, "ES|QL")
+    tokens: list[EsqlToken] = []
+    blanked = list(text)
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char in ESQL_SPACE:
+            index += 1
             continue
-        if quote == '"""' and text.startswith('"""', i):
-            quote = ""
-            current.append('"""')
-            i += 3
+        if text.startswith("//", index) or text.startswith("/*", index):
+            end = _esql_comment_end(text, index)
+            blanked[index:end] = " " * (end - index)
+            index = end
             continue
-        char = text[i]
-        if quote == '"' and char == "\\":
-            current.append(text[i : i + 2])
-            i += 2
-            continue
-        if not quote and char == '"':
-            quote = '"'
-        elif quote == '"' and char == '"':
-            quote = ""
-        if char == "|" and not quote:
-            parts.append("".join(current).strip())
-            current = []
+        kind: EsqlKind
+        if text.startswith('"""', index):
+            end, kind = _esql_triple_end(text, index), "string"
+        elif char == '"':
+            end, kind = _esql_string_end(text, index), "string"
+        elif char == "`":
+            end, kind = _esql_name_end(text, index), "name"
+        elif char == ";":
+            raise QueryRefused(f"ES|QL refused: ';' at offset {index} (statements and SET settings are refused)")
+        elif char in "|([)]":
+            end, kind = index + 1, "pipe" if char == "|" else "open" if char in "([" else "close"
         else:
-            current.append(char)
-        i += 1
-    if quote:
-        raise QueryRefused("ES|QL query has an unterminated string literal")
-    parts.append("".join(current).strip())
-    return parts
+            word = _ESQL_WORD.match(text, index)
+            if word:
+                end, kind = word.end(), "word"
+            else:
+                refuse_lookalike(char, ESQL_STRUCTURAL, "ES|QL", index)
+                end, kind = index + 1, "op"
+        tokens.append(EsqlToken(kind, text[index:end], index, end))
+        index = end
+    return tokens, "".join(blanked)
 
 
-def _strip_comments(text: str) -> str:
-    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
-    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//"))
+def _esql_comment_end(text: str, start: int) -> int:
+    if text.startswith("//", start):
+        ends = [i for i in (text.find("\r", start), text.find("\n", start)) if i != -1]
+        return min(ends) if ends else len(text)
+    end = text.find("*/", start + 2)
+    if end == -1:
+        raise QueryRefused(f"ES|QL refused: unterminated /* comment at offset {start}")
+    if "/*" in text[start + 2 : end]:
+        raise QueryRefused(f"ES|QL refused: nested /* inside the comment at offset {start} (where it ends is read differently)")
+    return end + 2
+
+
+def _esql_triple_end(text: str, start: int) -> int:
+    close = text.find('"""', start + 3)
+    if close == -1 or "\r" in text[start:close] or "\n" in text[start:close]:
+        raise QueryRefused(f"ES|QL refused: unterminated triple-quoted string at offset {start} (it may not span lines)")
+    end = close + 3
+    for _ in range(2):  # the lexer takes up to two more quotes into the string
+        if text.startswith('"', end):
+            end += 1
+    return end
+
+
+def _esql_string_end(text: str, start: int) -> int:
+    index = start + 1
+    while index < len(text):
+        char = text[index]
+        if char == "\\":
+            if index + 1 >= len(text) or text[index + 1] not in ESQL_ESCAPES:
+                raise QueryRefused(f"ES|QL refused: invalid escape {text[index:index + 2]!r} in the string at offset {start}")
+            index += 2
+            continue
+        if char in "\r\n":
+            break
+        if char == '"':
+            return index + 1
+        index += 1
+    raise QueryRefused(f"ES|QL refused: unterminated string literal at offset {start} (strings may not span lines)")
+
+
+def _esql_name_end(text: str, start: int) -> int:
+    end = text.find("`", start + 1)
+    if end == -1:
+        raise QueryRefused(f"ES|QL refused: unterminated `quoted name` at offset {start}")
+    if end == start + 1 or text.startswith("`", end + 1):
+        raise QueryRefused(f"ES|QL refused: empty or ``-escaped quoted name at offset {start}")
+    return end + 1
+
+
+def _content(token: EsqlToken) -> str:
+    if token.kind == "name":
+        return token.text[1:-1]
+    quotes = 3 if token.text.startswith('"""') else 1
+    return token.text[quotes:-quotes]
 
 
 def check_esql(text: str) -> list[str]:
-    """Validate an ES|QL query and return its commands; raise QueryRefused if it is not a read."""
-    commands = split_pipes(_strip_comments(text).strip())
-    if not commands or not commands[0]:
+    """Validate an ES|QL query and return its commands (comments removed); raise QueryRefused if it is not a read.
+
+    Every `|` outside strings, names and comments ends a command wherever it stands (FROM and IN
+    subqueries are pipelines in parentheses), so every command after a pipe is checked.
+    """
+    tokens, blanked = esql_tokens(text)
+    if not tokens:
         raise QueryRefused("empty ES|QL query")
-    for index, command in enumerate(commands):
+    commands: list[list[EsqlToken]] = [[]]
+    bounds = [0]
+    for token in tokens:
+        if token.kind == "pipe":
+            commands.append([])
+            bounds += [token.start, token.end]
+        else:
+            commands[-1].append(token)
+    bounds.append(len(text))
+    for position, command in enumerate(commands):
         if not command:
             raise QueryRefused("empty ES|QL command between pipes")
-        word = command.split(None, 1)[0].lower()
-        if word in ESQL_REFUSED:
+        _check_esql_arguments(_esql_command(command[0], first=position == 0), command)
+    return [blanked[bounds[2 * i] : bounds[2 * i + 1]].strip() for i in range(len(commands))]
+
+
+def _esql_command(token: EsqlToken, first: bool) -> str:
+    if token.kind != "word" or not _ESQL_COMMAND.match(token.text):
+        raise QueryRefused(f"ES|QL refused: expected a command name, found {token.text!r}")
+    word = token.text.lower()
+    if word in ESQL_REFUSED:
+        raise QueryRefused(f"ES|QL command {word.upper()} refused: {ESQL_REFUSED[word]}")
+    if word not in ESQL_READ_COMMANDS:
+        raise QueryRefused(f"ES|QL command {word.upper()!r} is not on the read-only allowlist")
+    if first and word not in ESQL_SOURCE_COMMANDS:
+        raise QueryRefused("an ES|QL query must start with FROM, ROW, SHOW or TS")
+    return word
+
+
+def _check_esql_arguments(command: str, tokens: list[EsqlToken]) -> None:
+    """Inference functions, refused commands opening a parenthesised group, parameters, and strings
+    or quoted names that some lexer mode could read as structure."""
+    for token, following in zip(tokens, [*tokens[1:], None]):
+        if token.kind == "name" or (token.kind == "string" and command not in ESQL_EXPRESSION_COMMANDS):
+            unsafe = sorted(ESQL_UNSAFE_IN_NAMES & set(_content(token)))
+            if unsafe:
+                raise QueryRefused(
+                    f"ES|QL refused: {token.text!r} in {command.upper()} holds {''.join(unsafe)!r} "
+                    "(some ES|QL versions read it there as structure, not as part of a name)"
+                )
+        if token.kind == "op" and token.text == "?":
+            raise QueryRefused("ES|QL refused: query parameters ('?') are not sent by siemcrew and could name functions or fields")
+        callee = token.text.lower() if token.kind == "word" else _content(token).lower() if token.kind == "name" else ""
+        if callee in ESQL_REFUSED_FUNCTIONS and following is not None and following.text == "(":
+            raise QueryRefused(f"ES|QL function {callee.upper()} refused: it {ESQL_REFUSED_FUNCTIONS[callee]}")
+        if token.kind == "open" and following is not None and following.kind == "word" and following.text.lower() in ESQL_REFUSED:
+            word = following.text.lower()
             raise QueryRefused(f"ES|QL command {word.upper()} refused: {ESQL_REFUSED[word]}")
-        if word not in ESQL_READ_COMMANDS:
-            raise QueryRefused(f"ES|QL command {word.upper()!r} is not on the read-only allowlist")
-        if index == 0 and word not in {"from", "row", "show", "ts"}:
-            raise QueryRefused("an ES|QL query must start with FROM, ROW, SHOW or TS")
-    return commands
 
 
 def _walk_refused(value: Any, path: str) -> None:
@@ -166,6 +304,31 @@ def check_endpoint(method: str, target: str) -> tuple[str, str, dict[str, str]]:
     raise QueryRefused(f"{method} {path} is not a read endpoint (agents may only search, count and read)")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads hook: a repeated key is refused (parsers disagree on which copy counts)."""
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise QueryRefused(f"request body repeats the key(s) {', '.join(repeated)} (parsers disagree on which one counts)")
+    return dict(pairs)
+
+
+def check_esql_body(body: Any) -> dict[str, Any]:
+    """A `POST _query` body: an ES|QL query string, an optional DSL filter without scripts, no params
+    (siemcrew sends none, and parameters could name functions or fields the guard never sees)."""
+    if not isinstance(body, dict):
+        raise QueryRefused("a _query body must be a JSON object")
+    unknown = sorted(set(body) - ESQL_BODY_KEYS)
+    if unknown:
+        raise QueryRefused(f"_query body keys not allowed for agents: {', '.join(unknown)}")
+    query = body.get("query")
+    if not isinstance(query, str):
+        raise QueryRefused("a _query body needs an ES|QL query string")
+    check_esql(query)
+    _walk_refused(body, "")
+    return body
+
+
 def parse_console(text: str) -> tuple[str, str, dict[str, str], dict[str, Any] | None]:
     """`GET index/_search {json}` (Kibana Dev Tools form) -> checked (method, path, params, body)."""
     match = _METHOD.match(text.strip())
@@ -176,11 +339,10 @@ def parse_console(text: str) -> tuple[str, str, dict[str, str], dict[str, Any] |
     body: dict[str, Any] | None = None
     if raw_body:
         try:
-            parsed = json.loads(raw_body)
+            parsed = json.loads(raw_body, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise QueryRefused(f"request body is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-        body = parsed if path == "/_query" and isinstance(parsed, dict) else check_dsl(parsed)
-        if path == "/_query":
-            check_esql(str(body.get("query", "")))
-            _walk_refused(body, "")
+        body = check_esql_body(parsed) if path == "/_query" else check_dsl(parsed)
+    elif path == "/_query":
+        raise QueryRefused("POST _query needs a body with an ES|QL query")
     return method, path, params, body
