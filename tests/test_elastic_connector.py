@@ -133,6 +133,8 @@ def test_run_native_languages(connector: ElasticConnector, elastic_emulator: Ela
     esql = connector.run_native('FROM logs-* | WHERE host.name == "ws-02" | KEEP process.name, user.name', limit=5)
     assert esql.language == "esql" and esql.query.endswith("| LIMIT 5")
     assert esql.events == [{"process.name": "wscript.exe", "user.name": "bob"}] * 2
+    commented = connector.run_native("FROM logs-* | KEEP user.name // every user", limit=3)
+    assert commented.query.endswith("\n| LIMIT 3") and len(commented.events) == 3  # the comment kept no limit away
     window = TimeRange(start=datetime(2025, 6, 2, 7, 2, tzinfo=timezone.utc), end=datetime(2025, 6, 2, 7, 2, tzinfo=timezone.utc))
     dsl = connector.run_native('{"query": {"term": {"user.name": "bob"}}}', time_range=window)
     assert dsl.total == 1 and dsl.events[0]["process.command_line"].endswith("invoice.js")

@@ -333,7 +333,8 @@ class ElasticConnector:
     def _esql(self, text: str, time_range: TimeRange | None, limit: int, language: str) -> SearchResult:
         commands = guard.check_esql(text)
         tail = _LIMIT_TAIL.match(commands[-1])
-        sent = text if tail and int(tail.group(1)) <= limit else f"{text.rstrip()} | LIMIT {int(limit)}"
+        # the LIMIT on a line of its own: a trailing `// comment` in the query cannot swallow it
+        sent = text if tail and int(tail.group(1)) <= limit else f"{text.rstrip()}\n| LIMIT {int(limit)}"
         kwargs: dict[str, Any] = {"query": sent}
         if time_range is not None:
             kwargs["filter"] = self._time_filter(time_range)

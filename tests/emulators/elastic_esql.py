@@ -558,8 +558,38 @@ def _source_table(indices: list[Index], metadata: list[str], docs: list[Doc]) ->
     return columns, rows
 
 
+def blank_comments(query: str) -> str:
+    """`// line` and `/* block */` comments outside strings become spaces (offsets kept), as the lexer skips them."""
+    out, i, quote = list(query), 0, ""
+    while i < len(query):
+        if query.startswith('"""', i):
+            quote = "" if quote == '"""' else ('"""' if not quote else quote)
+            i += 3
+            continue
+        c = query[i]
+        if quote == '"' and c == "\\":
+            i += 2
+            continue
+        if c == '"' and quote in ("", '"'):
+            quote = "" if quote else '"'
+        elif not quote and query.startswith(("//", "/*"), i):
+            if query.startswith("//", i):
+                end = query.find("\n", i)
+                end = len(query) if end < 0 else end
+            else:
+                end = query.find("*/", i + 2)
+                end = len(query) if end < 0 else end + 2
+            for j in range(i, end):
+                out[j] = out[j] if query[j] == "\n" else " "
+            i = end
+            continue
+        i += 1
+    return "".join(out)
+
+
 def split_commands(query: str) -> list[tuple[str, int]]:
-    """(command text, offset) split on | outside strings."""
+    """(command text, offset) split on | outside strings and comments."""
+    query = blank_comments(query)
     parts: list[tuple[str, int]] = []
     start, i, quote = 0, 0, ""
     while i < len(query):
