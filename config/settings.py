@@ -96,6 +96,21 @@ class ServeSettings(Section):
     workers: int = 1
 
 
+class AuditSettings(Section):
+    """The audit chain's optional key: HMAC-SHA256 instead of plain sha256 when one is set.
+
+    Keep it where whoever can write the home cannot read it (an env var of the service, a root-owned
+    file outside the home): a key stored next to the log protects nothing, so a `key_file` inside the
+    home is refused. `siemcrew audit verify` needs the same key.
+    """
+
+    key_env: str | None = "SIEMCREW_AUDIT_KEY"
+    key_file: str | None = None
+
+
+AUDIT_KEY_MIN_BYTES = 32
+
+
 class Settings(BaseSettings):
     """Everything siemcrew reads; `Settings.load(path)` is the only constructor callers use."""
 
@@ -110,6 +125,7 @@ class Settings(BaseSettings):
     llm: LlmSettings | None = None
     investigation: InvestigationSettings = Field(default_factory=InvestigationSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     executor: Literal["dry-run", "edr"] = "dry-run"
     approval_ttl_seconds: int = 24 * 3600
     agents_file: str | None = None
@@ -183,6 +199,7 @@ class Settings(BaseSettings):
         for name in ("agents_file", "tasks_file", "evidence_file", "policy_file", "assets_file"):
             setattr(self, name, fix(getattr(self, name)))
         self.investigation.sigma_rules_dir = fix(self.investigation.sigma_rules_dir)
+        self.audit.key_file = fix(self.audit.key_file)
 
     # -- derived locations -------------------------------------------------------------------
     @property
@@ -193,6 +210,27 @@ class Settings(BaseSettings):
         """A config YAML: the override named in settings, else the packaged default."""
         override = getattr(self, f"{name}_file", None)
         return Path(override) if override else CONFIG_DIR / f"{name}.yaml"
+
+    def audit_key(self) -> bytes | None:
+        """The audit chain's HMAC key, or None (plain sha256). A configured key file that is missing,
+        inside the home, or shorter than 32 bytes is an error, never a silent fall-back to no key."""
+        if self.audit.key_file:
+            path = Path(self.audit.key_file)
+            if path.resolve().is_relative_to(self.home_path.resolve()):
+                raise SettingsError("audit.key_file must be outside the home: a key next to the log protects nothing")
+            try:
+                key = path.read_text(encoding="utf-8").strip()
+            except FileNotFoundError:
+                raise SettingsError("audit.key_file: file not found") from None
+            except OSError as exc:
+                raise SettingsError(f"audit.key_file: cannot read it ({exc.strerror})") from None
+        else:
+            key = secret(self.audit.key_env) or ""
+            if not key:
+                return None
+        if len(key.encode("utf-8")) < AUDIT_KEY_MIN_BYTES:
+            raise SettingsError(f"the audit key must be at least {AUDIT_KEY_MIN_BYTES} bytes")
+        return key.encode("utf-8")
 
     def redacted(self) -> dict[str, Any]:
         """The settings as shown to people: env var names only, so nothing secret is in it."""
