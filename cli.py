@@ -325,15 +325,33 @@ def propose(case_id: str, action: str, target: str = typer.Option(..., help="Hos
 
 @audit_app.command("verify")
 def audit_verify(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
-                 path: Optional[Path] = typer.Option(None, help="Audit log file (default: <home>/audit.jsonl).")) -> None:
-    """Prove the audit log intact; names the first bad record otherwise."""
-    from siemcrew.crew.audit import verify
+                 path: Optional[Path] = typer.Option(None, help="Audit log file (default: <home>/audit.jsonl; "
+                                                     "a copy given here is checked on its own, without the home's "
+                                                     "approvals.db and ledger.db).")) -> None:
+    """Prove the audit log intact and every executed action accounted for (a policy decision or an
+    approval in the log, agreeing with approvals.db and ledger.db); names the first bad record otherwise."""
+    from siemcrew.config.settings import SettingsError
+    from siemcrew.crew.auditcheck import verify_accounted
 
-    target = path or _settings(config).home_path / "audit.jsonl"
-    result = verify(target)
-    _emit(result.model_dump(mode="json"), as_json, lambda: console.print(
-        f"[green]audit log intact[/green]: {result.records} record(s)" if result.ok
-        else f"[red]audit log FAILED[/red] at record {result.first_bad}: {result.reason}"))
+    settings = _settings(config)
+    try:
+        key = settings.audit_key()
+    except SettingsError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(EXIT_ERROR) from None
+    target = path or settings.home_path / "audit.jsonl"
+    result = verify_accounted(target, key=key, stores=None if path else settings.home_path)
+
+    def human() -> None:
+        if result.ok:
+            console.print(f"[green]audit log intact[/green]: {result.records} record(s), every action accounted for")
+        else:
+            console.print(f"[red]audit log FAILED[/red] at record {result.first_bad}: {escape(result.reason)}")
+        for line in result.mismatches[1:]:
+            console.print(f"  [red]mismatch:[/red] {escape(line)}")
+        for line in result.notes:
+            console.print(f"  [yellow]note:[/yellow] {escape(line)}")
+    _emit(result.model_dump(mode="json"), as_json, human)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_AUDIT)
 
 

@@ -56,15 +56,17 @@ def checks(settings: Settings, data_days: int | None = 7) -> list[dict[str, Any]
     results.append(_check("policy / evidence / assets", gates))
 
     def audit() -> str:
-        from siemcrew.crew.audit import verify
+        from siemcrew.crew.auditcheck import verify_accounted
 
+        key = settings.audit_key()
+        keyed = "keyed (HMAC)" if key else "plain sha256 (no audit key)"
         path = home / "audit.jsonl"
         if not path.exists():
-            return "no audit log yet"
-        result = verify(path)
+            return f"no audit log yet; {keyed}"
+        result = verify_accounted(path, key=key, stores=home)
         if not result.ok:
             raise RuntimeError(f"audit log broken at record {result.first_bad}: {result.reason}")
-        return f"{result.records} record(s) intact"
+        return f"{result.records} record(s) intact, every action accounted for; {keyed}"
 
     results.append(_check("audit log", audit))
 
