@@ -40,7 +40,8 @@ def _out() -> Any:
     return _STDOUT[0]
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: $SIEMCREW_CONFIG or built-in local).")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable JSON on stdout.")
-ShaOpt = typer.Option(None, "--sha", help="The arguments' sha256 (or a prefix) you reviewed; refused if they changed.")
+ShaOpt = typer.Option(None, "--sha", help="The full sha256 (64 hex) of the arguments you reviewed, as `approvals` "
+                      "shows it; refused if they changed.")
 
 
 def _settings(config: Optional[Path], **overrides: Any) -> Any:
@@ -98,7 +99,7 @@ def _pending_table(pending: list[Any]) -> None:
     for col in ("case", "action", "target", "arguments", "args sha256", "requested", "why"):
         table.add_column(col)
     for p in pending:
-        table.add_row(p.case_id, p.action, p.target, escape(json.dumps(p.args, sort_keys=True)), p.args_sha256[:12],
+        table.add_row(p.case_id, p.action, p.target, escape(json.dumps(p.args, sort_keys=True)), p.args_sha256,
                       str(p.requested_at)[:19], escape(p.reason[:60]))
     Console(file=_out()).print(table)
 

@@ -27,7 +27,8 @@ class Decision(BaseModel):
     by: str | None = Field(default=None, description="must be the authenticated approver, if given")
     reason: str = Field(min_length=1)
     target: str | None = None
-    args_sha256: str | None = Field(default=None, description="the arguments the approver reviewed")
+    args_sha256: str | None = Field(default=None, description="the full sha256 (64 hex) of the arguments the "
+                                                              "approver reviewed; refused if they changed")
 
 
 class Worker:

@@ -12,21 +12,11 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from siemcrew.config.settings import Settings
 from siemcrew.crew.approvals import ApprovalStore
 from siemcrew.crew.audit import AuditLog
 from siemcrew.crew.auditcheck import verify_accounted
 from siemcrew.crew.ledger import ActionLedger
-from siemcrew.crew.models import (
-    ActionProposal,
-    Alert,
-    Case,
-    Entities,
-    Evidence,
-    Grounds,
-    PolicyDecision,
-    VerificationReport,
-)
+from siemcrew.crew.models import ActionProposal, Case, PolicyDecision
 from siemcrew.crew.operations import decide
 from siemcrew.crew.runtime import Runtime
 from siemcrew.crew.timeutil import iso, utcnow
@@ -36,32 +26,13 @@ UPDATE = ActionProposal(action="update_alert", target="a1", args={"status": "esc
 
 
 # -- through the runtime: the attack and the legitimate path ----------------------------------------------------
-@pytest.fixture
-def awaiting(tmp_path: Path) -> tuple[Runtime, Case]:
-    """A verified malicious case whose isolation waits for a human; its alert update ran automatically."""
-    config = tmp_path / "siemcrew.yaml"
-    config.write_text(f"home: {tmp_path / 'home'}\n", encoding="utf-8")
-    rt = Runtime(Settings.load(config))
-    case, _ = rt.cases.admit(Alert(id="a1", rule_name="r", timestamp=utcnow(), entities=Entities(hosts=["WS-01"])))
-    case.verdict, case.confidence = "malicious", "high"
-    seen = Evidence(kind="alert_events", connector="t", language="t", query="q", status="ok", count=1,
-                    sample=[{"host.hostname": "WS-01"}]).seal()
-    case.evidence.append(seen)
-    case.verifications.append(VerificationReport(status="complete", grounds=Grounds(hosts=["WS-01"])))
-    case.proposals = [ISOLATE.model_copy(update={"evidence_ids": [seen.id]}), UPDATE.model_copy(update={"evidence_ids": [seen.id]})]
-    assert rt.gate(case) == 1
-    rt.act(case, auto_only=True)
-    rt.cases.save(case)
-    return rt, case
-
-
 def _verify(rt: Runtime):  # noqa: ANN202
     home = rt.settings.home_path
     return verify_accounted(home / "audit.jsonl", stores=home)
 
 
-def test_an_approved_isolation_is_accounted_for(awaiting: tuple[Runtime, Case]) -> None:
-    rt, case = awaiting
+def test_an_approved_isolation_is_accounted_for(awaiting_isolation: tuple[Runtime, Case]) -> None:
+    rt, case = awaiting_isolation
     (pending,) = rt.approvals.pending(case.id)
     _, final = decide(rt, case.id, "isolate_host", "approve", by="alice", reason="confirmed",
                       sha256=pending.args_sha256)
@@ -70,8 +41,8 @@ def test_an_approved_isolation_is_accounted_for(awaiting: tuple[Runtime, Case]) 
     assert result.ok and result.mismatches == [], result
 
 
-def test_an_approval_inserted_into_approvals_db_is_caught(awaiting: tuple[Runtime, Case]) -> None:
-    rt, case = awaiting
+def test_an_approval_inserted_into_approvals_db_is_caught(awaiting_isolation: tuple[Runtime, Case]) -> None:
+    rt, case = awaiting_isolation
     home = rt.settings.home_path
     now = utcnow()
     with sqlite3.connect(home / "approvals.db") as db:  # the attacker can write the home, not the log
@@ -94,8 +65,8 @@ def test_an_approval_inserted_into_approvals_db_is_caught(awaiting: tuple[Runtim
     assert json.loads(proc.stdout)["first_bad"] == start.seq
 
 
-def test_a_ledger_row_without_its_action_in_the_log_is_caught(awaiting: tuple[Runtime, Case]) -> None:
-    rt, case = awaiting
+def test_a_ledger_row_without_its_action_in_the_log_is_caught(awaiting_isolation: tuple[Runtime, Case]) -> None:
+    rt, case = awaiting_isolation
     key = ISOLATE.key(case.id)
     rt.ledger.claim(key, "isolate_host", "WS-01", ISOLATE.args_sha256)
     assert _verify(rt).ok  # claimed and never started: a process died before acting, nothing happened
@@ -104,8 +75,8 @@ def test_a_ledger_row_without_its_action_in_the_log_is_caught(awaiting: tuple[Ru
     assert not result.ok and any(key in m and "ledger.db" in m for m in result.mismatches), result
 
 
-def test_an_executed_action_missing_from_the_ledger_is_caught(awaiting: tuple[Runtime, Case]) -> None:
-    rt, case = awaiting
+def test_an_executed_action_missing_from_the_ledger_is_caught(awaiting_isolation: tuple[Runtime, Case]) -> None:
+    rt, case = awaiting_isolation
     with sqlite3.connect(rt.settings.home_path / "ledger.db") as db:
         db.execute("DELETE FROM actions WHERE action='update_alert'")
     result = _verify(rt)
