@@ -386,8 +386,14 @@ def serve(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
 
     from siemcrew.service import create_app
 
+    from siemcrew.config.settings import SettingsError
+
     settings = _settings(config)
-    application = create_app(settings)
+    try:
+        application = create_app(settings)
+    except SettingsError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(EXIT_ERROR) from None
     uvicorn.run(application, host=host or settings.serve.host, port=port or settings.serve.port,
                 log_level="warning" if as_json else "info")
 

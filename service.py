@@ -18,7 +18,7 @@ from fastapi import Body, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from siemcrew.config.settings import Settings, secret
+from siemcrew.config.settings import Settings, SettingsError, secret, serve_token_clashes
 
 log = logging.getLogger("siemcrew.serve")
 
@@ -77,6 +77,12 @@ class Worker:
 
 
 def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
+    """The HTTP service; refuses to start (SettingsError) when an intake token or the webhook secret is
+    also an approver's token, or two approvers share one: the holder could approve."""
+    clashes = serve_token_clashes(settings.serve)
+    if clashes:
+        raise SettingsError("every approver needs a token of their own, shared with no intake credential: "
+                            + "; ".join(clashes))
     state: dict[str, Any] = {}
 
     @asynccontextmanager

@@ -6,7 +6,9 @@ holds them, and `secret()` reads it at the moment of use.
 
 from __future__ import annotations
 
+import hmac
 import os
+from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,6 +96,24 @@ class ServeSettings(Section):
     # Splunk app also holds) can never approve; no approvers configured means no HTTP approvals.
     approvers: dict[str, str] = Field(default_factory=dict)
     workers: int = 1
+
+
+def serve_token_clashes(serve: ServeSettings) -> list[str]:
+    """Where two serve credentials that must differ hold the same value, named by setting, never by value.
+
+    The intake token and the webhook secret live in the SIEM (the Splunk app, a Kibana connector): if
+    one equals an approver's token, whoever holds it can approve. Two approvers sharing a token could
+    approve as each other. (The intake token may equal the webhook secret: neither can approve.)
+    """
+    intake = {"serve.token_env": serve.token_env, "serve.webhook_secret_env": serve.webhook_secret_env}
+    approvers = {f"serve.approvers.{name}": env for name, env in serve.approvers.items()}
+    values = {label: secret(env) for label, env in {**intake, **approvers}.items()}
+    return [
+        f"{a} and {b} hold the same token"
+        for a, b in combinations(values, 2)
+        if (a in approvers or b in approvers)
+        and values[a] and values[b] and hmac.compare_digest(values[a].encode(), values[b].encode())  # type: ignore[union-attr]
+    ]
 
 
 class AuditSettings(Section):
