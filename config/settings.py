@@ -107,12 +107,11 @@ def serve_token_clashes(serve: ServeSettings) -> list[str]:
     """
     intake = {"serve.token_env": serve.token_env, "serve.webhook_secret_env": serve.webhook_secret_env}
     approvers = {f"serve.approvers.{name}": env for name, env in serve.approvers.items()}
-    values = {label: secret(env) for label, env in {**intake, **approvers}.items()}
+    values = {label: value for label, env in {**intake, **approvers}.items() if (value := secret(env))}
     return [
         f"{a} and {b} hold the same token"
         for a, b in combinations(values, 2)
-        if (a in approvers or b in approvers)
-        and values[a] and values[b] and hmac.compare_digest(values[a].encode(), values[b].encode())  # type: ignore[union-attr]
+        if (a in approvers or b in approvers) and hmac.compare_digest(values[a].encode(), values[b].encode())
     ]
 
 
