@@ -339,15 +339,20 @@ class AuditLog:
         with self._locked(), open(self.path, "a+b") as handle:
             anchor = self._head(handle)
             record = self._seal(anchor.seq + 1, anchor.hash, kind, actor, case_id, _bounded(data))
-            return self._commit(handle, anchor, record, [])
+            return self._commit(handle, anchor, record)
 
-    def _commit(self, handle: Any, anchor: Anchor, record: AuditRecord, found: list[str]) -> AuditRecord:
+    def _commit(self, handle: Any, anchor: Anchor, record: AuditRecord, found: list[str] | None = None,
+                torn: int = 0) -> AuditRecord:
         """Announce the record in the anchor, write it durably, then move the anchor onto it.
 
-        `found` are records already beyond the anchor that a recovery record is being written after:
-        they stay announced until the anchor moves past them."""
-        _write_anchor(self.path, Anchor(seq=anchor.seq, hash=anchor.hash, next=[*found, record.hash]), self.key)
+        For a recovery record, `found` are the records an interrupted append left beyond the anchor and
+        `torn` the bytes it left after them: the anchor stays where it was, with the found records still
+        announced before the recovery record, until the recovery record is written - so a crash while
+        recovering leaves them to the next recovery, never adopted without one."""
+        _write_anchor(self.path, Anchor(seq=anchor.seq, hash=anchor.hash, next=[*(found or []), record.hash]), self.key)
         fault_point("audit:after_intent")
+        if torn:
+            handle.truncate(handle.seek(0, os.SEEK_END) - torn)
         handle.write((record.line() + "\n").encode("utf-8"))
         handle.flush()
         os.fsync(handle.fileno())
@@ -418,11 +423,7 @@ class AuditLog:
         }
         seq, digest = (last.seq, last.hash) if last else (anchor.seq, anchor.hash)
         note = self._seal(seq + 1, digest, "recovery", RECOVERY_ACTOR, None, data)
-        _write_anchor(self.path, Anchor(seq=anchor.seq, hash=anchor.hash,
-                                        next=[*[r.hash for r in beyond], note.hash]), self.key)
-        if torn:
-            handle.truncate(handle.seek(0, os.SEEK_END) - len(torn))
-        self._commit(handle, Anchor(seq=seq, hash=digest), note, [])
+        self._commit(handle, anchor, note, found=[r.hash for r in beyond], torn=len(torn))
         return Anchor(seq=note.seq, hash=note.hash)
 
     def verify(self) -> VerifyResult:

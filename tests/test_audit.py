@@ -171,6 +171,21 @@ def test_a_killed_append_is_no_false_alarm_and_the_next_writer_records_its_recov
     assert final.ok and final.notes == [], final
 
 
+def test_a_writer_killed_while_recovering_leaves_the_found_record_named(tmp_path: Path) -> None:
+    """The recovery record is announced like any append, with the records it is about still announced:
+    a crash while recovering never leaves them adopted without a recovery record naming them."""
+    log = _log(tmp_path, count=3)
+    _killed_append(log.path, "audit:after_record")
+    interrupted = list(read(log.path))[3]
+    _killed_append(log.path, "audit:after_intent")  # this writer dies announcing its recovery record
+    assert verify(log.path).ok
+    log.append("case", "flow", {})
+    assert verify(log.path).ok
+    recoveries = [r for r in read(log.path) if r.kind == "recovery"]
+    assert [f["hash"] for r in recoveries for f in r.data["found"]] == [interrupted.hash]
+    assert recoveries[0].data["anchor"]["seq"] == 3
+
+
 @pytest.mark.parametrize("point", [None, *KILL_POINTS])
 def test_a_forged_record_beyond_the_anchor_is_never_adopted(tmp_path: Path, point: str | None) -> None:
     """A correctly chained record appended without moving the anchor was adopted by the next write as an
