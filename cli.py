@@ -41,7 +41,8 @@ def _out() -> Any:
     return _STDOUT[0]
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: $SIEMCREW_CONFIG or built-in local).")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable JSON on stdout.")
-ShaOpt = typer.Option(None, "--sha", help="The arguments' sha256 (or a prefix) you reviewed; refused if they changed.")
+ShaOpt = typer.Option(None, "--sha", help="The full sha256 (64 hex) of the arguments you reviewed, as `approvals` "
+                      "shows it; refused if they changed.")
 
 
 def _settings(config: Optional[Path], **overrides: Any) -> Any:
@@ -100,7 +101,7 @@ def _pending_table(pending: list[Any]) -> None:
     for col in ("case", "action", "target", "arguments", "args sha256", "requested", "why"):
         table.add_column(col)
     for p in pending:
-        table.add_row(p.case_id, p.action, p.target, escape(json.dumps(p.args, sort_keys=True)), p.args_sha256[:12],
+        table.add_row(p.case_id, p.action, p.target, escape(json.dumps(p.args, sort_keys=True)), p.args_sha256,
                       str(p.requested_at)[:19], escape(p.reason[:60]))
     Console(file=_out()).print(table)
 
@@ -336,15 +337,33 @@ def propose(case_id: str, action: str, target: str = typer.Option(..., help="Hos
 
 @audit_app.command("verify")
 def audit_verify(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
-                 path: Optional[Path] = typer.Option(None, help="Audit log file (default: <home>/audit.jsonl).")) -> None:
-    """Prove the audit log intact; names the first bad record otherwise."""
-    from siemcrew.crew.audit import verify
+                 path: Optional[Path] = typer.Option(None, help="Audit log file (default: <home>/audit.jsonl; "
+                                                     "a copy given here is checked on its own, without the home's "
+                                                     "approvals.db and ledger.db).")) -> None:
+    """Prove the audit log intact and every executed action accounted for (a policy decision or an
+    approval in the log, agreeing with approvals.db and ledger.db); names the first bad record otherwise."""
+    from siemcrew.config.settings import SettingsError
+    from siemcrew.crew.auditcheck import verify_accounted
 
-    target = path or _settings(config).home_path / "audit.jsonl"
-    result = verify(target)
-    _emit(result.model_dump(mode="json"), as_json, lambda: console.print(
-        f"[green]audit log intact[/green]: {result.records} record(s)" if result.ok
-        else f"[red]audit log FAILED[/red] at record {result.first_bad}: {result.reason}"))
+    settings = _settings(config)
+    try:
+        key = settings.audit_key()
+    except SettingsError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(EXIT_ERROR) from None
+    target = path or settings.home_path / "audit.jsonl"
+    result = verify_accounted(target, key=key, stores=None if path else settings.home_path)
+
+    def human() -> None:
+        if result.ok:
+            console.print(f"[green]audit log intact[/green]: {result.records} record(s), every action accounted for")
+        else:
+            console.print(f"[red]audit log FAILED[/red] at record {result.first_bad}: {escape(result.reason)}")
+        for line in result.mismatches[1:]:
+            console.print(f"  [red]mismatch:[/red] {escape(line)}")
+        for line in result.notes:
+            console.print(f"  [yellow]note:[/yellow] {escape(line)}")
+    _emit(result.model_dump(mode="json"), as_json, human)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_AUDIT)
 
 
@@ -378,8 +397,14 @@ def serve(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
 
     from siemcrew.service import create_app
 
+    from siemcrew.config.settings import SettingsError
+
     settings = _settings(config)
-    application = create_app(settings)
+    try:
+        application = create_app(settings)
+    except SettingsError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(EXIT_ERROR) from None
     uvicorn.run(application, host=host or settings.serve.host, port=port or settings.serve.port,
                 log_level="warning" if as_json else "info")
 

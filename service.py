@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, Field, ValidationError
 
-from siemcrew.config.settings import Settings, secret
+from siemcrew.config.settings import Settings, SettingsError, secret, serve_token_clashes
 
 log = logging.getLogger("siemcrew.serve")
 
@@ -74,7 +74,8 @@ class Decision(BaseModel):
     by: str | None = Field(default=None, description="must be the authenticated approver, if given")
     reason: str = Field(min_length=1)
     target: str | None = None
-    args_sha256: str | None = Field(default=None, description="the arguments the approver reviewed")
+    args_sha256: str | None = Field(default=None, description="the full sha256 (64 hex) of the arguments the "
+                                                              "approver reviewed; refused if they changed")
 
 
 class Worker:
@@ -202,6 +203,12 @@ class IntakeJobs:
 
 
 def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
+    """The HTTP service; refuses to start (SettingsError) when an intake token or the webhook secret is
+    also an approver's token, or two approvers share one: the holder could approve."""
+    clashes = serve_token_clashes(settings.serve)
+    if clashes:
+        raise SettingsError("every approver needs a token of their own, shared with no intake credential: "
+                            + "; ".join(clashes))
     state: dict[str, Any] = {}
 
     @asynccontextmanager

@@ -6,7 +6,9 @@ holds them, and `secret()` reads it at the moment of use.
 
 from __future__ import annotations
 
+import hmac
 import os
+from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,6 +102,38 @@ class ServeSettings(Section):
     outbox_every_s: float = Field(default=30.0, gt=0)
 
 
+def serve_token_clashes(serve: ServeSettings) -> list[str]:
+    """Where two serve credentials that must differ hold the same value, named by setting, never by value.
+
+    The intake token and the webhook secret live in the SIEM (the Splunk app, a Kibana connector): if
+    one equals an approver's token, whoever holds it can approve. Two approvers sharing a token could
+    approve as each other. (The intake token may equal the webhook secret: neither can approve.)
+    """
+    intake = {"serve.token_env": serve.token_env, "serve.webhook_secret_env": serve.webhook_secret_env}
+    approvers = {f"serve.approvers.{name}": env for name, env in serve.approvers.items()}
+    values = {label: value for label, env in {**intake, **approvers}.items() if (value := secret(env))}
+    return [
+        f"{a} and {b} hold the same token"
+        for a, b in combinations(values, 2)
+        if (a in approvers or b in approvers) and hmac.compare_digest(values[a].encode(), values[b].encode())
+    ]
+
+
+class AuditSettings(Section):
+    """The audit chain's optional key: HMAC-SHA256 instead of plain sha256 when one is set.
+
+    Keep it where whoever can write the home cannot read it (an env var of the service, a root-owned
+    file outside the home): a key stored next to the log protects nothing, so a `key_file` inside the
+    home is refused. `siemcrew audit verify` needs the same key.
+    """
+
+    key_env: str | None = "SIEMCREW_AUDIT_KEY"
+    key_file: str | None = None
+
+
+AUDIT_KEY_MIN_BYTES = 32
+
+
 class Settings(BaseSettings):
     """Everything siemcrew reads; `Settings.load(path)` is the only constructor callers use."""
 
@@ -114,6 +148,7 @@ class Settings(BaseSettings):
     llm: LlmSettings | None = None
     investigation: InvestigationSettings = Field(default_factory=InvestigationSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     executor: Literal["dry-run", "edr"] = "dry-run"
     approval_ttl_seconds: int = 24 * 3600
     agents_file: str | None = None
@@ -187,6 +222,7 @@ class Settings(BaseSettings):
         for name in ("agents_file", "tasks_file", "evidence_file", "policy_file", "assets_file"):
             setattr(self, name, fix(getattr(self, name)))
         self.investigation.sigma_rules_dir = fix(self.investigation.sigma_rules_dir)
+        self.audit.key_file = fix(self.audit.key_file)
 
     # -- derived locations -------------------------------------------------------------------
     @property
@@ -197,6 +233,27 @@ class Settings(BaseSettings):
         """A config YAML: the override named in settings, else the packaged default."""
         override = getattr(self, f"{name}_file", None)
         return Path(override) if override else CONFIG_DIR / f"{name}.yaml"
+
+    def audit_key(self) -> bytes | None:
+        """The audit chain's HMAC key, or None (plain sha256). A configured key file that is missing,
+        inside the home, or shorter than 32 bytes is an error, never a silent fall-back to no key."""
+        if self.audit.key_file:
+            path = Path(self.audit.key_file)
+            if path.resolve().is_relative_to(self.home_path.resolve()):
+                raise SettingsError("audit.key_file must be outside the home: a key next to the log protects nothing")
+            try:
+                key = path.read_text(encoding="utf-8").strip()
+            except FileNotFoundError:
+                raise SettingsError("audit.key_file: file not found") from None
+            except OSError as exc:
+                raise SettingsError(f"audit.key_file: cannot read it ({exc.strerror})") from None
+        else:
+            key = secret(self.audit.key_env) or ""
+            if not key:
+                return None
+        if len(key.encode("utf-8")) < AUDIT_KEY_MIN_BYTES:
+            raise SettingsError(f"the audit key must be at least {AUDIT_KEY_MIN_BYTES} bytes")
+        return key.encode("utf-8")
 
     def redacted(self) -> dict[str, Any]:
         """The settings as shown to people: env var names only, so nothing secret is in it."""

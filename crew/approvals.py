@@ -10,12 +10,20 @@ ApprovalError ("already decided").
 
 A denied request stays denied: requesting the same exact action again returns the decided request
 instead of asking again. An expired approval is asked again.
+
+What the approver reviewed is named by the full sha256 of the arguments (64 hex digits; a prefix could
+match other arguments) and compared in the same transaction that picks the request, so nothing can
+change between the check and the decision. The decision's audit record (`record`) is written inside
+that transaction too, before it commits: a decision that can let an action run is never in the store
+without being on the record.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +35,7 @@ from siemcrew.crew.models import ActionProposal, Approval, Model, PolicyDecision
 from siemcrew.crew.timeutil import iso, parse_time, utcnow
 
 RequestState = Literal["pending", "decided", "superseded"]
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ApprovalError(ValueError):
@@ -185,8 +194,18 @@ class ApprovalStore:
         reason: str,
         ttl_seconds: float = 3600,
         target: str | None = None,
+        args_sha256: str | None = None,
+        record: Callable[[Approval], None] | None = None,
     ) -> Approval:
-        """Approve or deny the pending request for (case, action[, target]); binds to its args sha256."""
+        """Approve or deny the pending request for (case, action[, target]); binds to its args sha256.
+
+        With `args_sha256` (the full sha256 the approver reviewed) the decision is refused unless the
+        pending request has exactly those arguments. `record` writes the decision to the audit log
+        before it commits; if it raises, nothing is decided."""
+        if args_sha256 is not None:
+            args_sha256 = args_sha256.strip().lower()
+            if not SHA256_HEX.match(args_sha256):
+                raise ApprovalError("the reviewed arguments must be named by their full sha256 (64 hex digits)")
         if decision not in ("approve", "deny"):
             raise ApprovalError(f"decision must be 'approve' or 'deny', not {decision!r}")
         if not by or not by.strip():
@@ -208,6 +227,8 @@ class ApprovalStore:
                 targets = ", ".join(row["target"] for row in rows)
                 raise ApprovalError(f"several targets await approval for {what}: {targets}; name one with target")
             row = rows[0]
+            if args_sha256 is not None and row["args_sha256"] != args_sha256:
+                raise ApprovalError(self._why_not_these_args(conn, row, args_sha256, what))
             now = _stored(utcnow())
             approval = Approval(
                 case_id=case_id,
@@ -237,6 +258,8 @@ class ApprovalStore:
                     iso(approval.expires_at),
                 ),
             )
+            if record is not None:
+                record(approval)
             return approval
 
     def valid_for(self, case_id: str, proposal: ActionProposal, now: datetime | None = None) -> Approval | None:
@@ -265,6 +288,20 @@ class ApprovalStore:
     @staticmethod
     def _request_row(conn: sqlite3.Connection, request_id: int | None) -> sqlite3.Row:
         return conn.execute("SELECT * FROM approval_requests WHERE id=?", (request_id,)).fetchone()
+
+    @staticmethod
+    def _why_not_these_args(conn: sqlite3.Connection, row: sqlite3.Row, sha: str, what: str) -> str:
+        """A replay of a decision already taken on these arguments, or arguments that changed since review."""
+        decided = conn.execute(
+            "SELECT * FROM approval_decisions WHERE case_id=? AND action=? AND target=? AND args_sha256=?"
+            " ORDER BY id DESC LIMIT 1",
+            (row["case_id"], row["action"], row["target"], sha),
+        ).fetchone()
+        if decided is not None:
+            return (f"{what} with arguments sha256 {sha} was already decided: {decided['decision']} by "
+                    f"{decided['by']} at {decided['at']} (the pending request has other arguments)")
+        return (f"the arguments of {what} changed since they were reviewed: the pending request has sha256 "
+                f"{row['args_sha256']}, not {sha}")
 
     @staticmethod
     def _why_nothing_pending(conn: sqlite3.Connection, case_id: str, action: str, target: str | None, what: str) -> str:

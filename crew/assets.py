@@ -158,6 +158,21 @@ def host_forms(name: str) -> list[str]:
     return forms
 
 
+def same_host(a: str, b: str) -> bool:
+    """One host: the same full name, or a bare name that is the other's short name (`WS-01` is
+    `ws-01.corp.local`; `ws-01.a.local` is not `ws-01.b.local`). Case and a trailing dot do not matter."""
+    forms_a, forms_b = host_forms(a), host_forms(b)
+    return forms_a[0] == forms_b[0] or (len(forms_a) == 1 and forms_a[0] in forms_b) or (
+        len(forms_b) == 1 and forms_b[0] in forms_a)
+
+
+def same_account(a: str, b: str) -> bool:
+    """One account: the same name, and the same domain unless one side names none (`pgustavo` is
+    `THESHIRE\\pgustavo`); a NetBIOS domain matches its DNS name's first label (`THESHIRE` ~ `theshire.local`)."""
+    (name_a, domain_a), (name_b, domain_b) = split_user(a), split_user(b)
+    return name_a == name_b and (domain_a is None or domain_b is None or domain_a.split(".")[0] == domain_b.split(".")[0])
+
+
 def split_user(user: str) -> tuple[str, str | None]:
     """(name, domain) from `name`, `DOMAIN\\name` or `name@domain`, lower-cased."""
     text = user.strip().lower()

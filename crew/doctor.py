@@ -1,12 +1,22 @@
-"""`siemcrew doctor`: is this installation ready? Configuration, stores, gates, connectors, switches."""
+"""`siemcrew doctor`: is this installation ready? Configuration, stores, gates, connectors, switches.
+
+Nothing it prints holds a secret: a `*_env` setting is named by its path (`serve.token_env`), never by
+its value, since a token pasted there by mistake is a value, and any secret those settings point at is
+cut out of every row, whatever check (or connector error) put it there.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
 from typing import Any, Callable
 
-from siemcrew.config.settings import Settings, describe_error, secret
+from siemcrew.config.settings import Settings, describe_error, secret, serve_token_clashes
 from siemcrew.crew.offline import SWITCHES
+
+REDACTED = "[redacted]"
+MIN_SCRUBBED = 4  # shorter values are too common to cut out of text (and too short to be secrets)
 
 
 def _check(name: str, fn: Callable[[], str]) -> dict[str, Any]:
@@ -32,7 +42,40 @@ def data_checks(settings: Settings, days: int) -> list[dict[str, Any]]:
     return [{"check": f"data: {r.name}", "ok": r.ok, "detail": r.summary()[:1500]} for r in reports]
 
 
+def _env_settings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(setting path, configured value) of every setting that names where a secret is: `*_env` keys
+    at any depth (connector sections included) and the approvers' token variables."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else str(key)
+            if isinstance(item, str) and (str(key).endswith("_env") or path == "serve.approvers"):
+                yield here, item
+            else:
+                yield from _env_settings(item, here)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _env_settings(item, f"{path}[{index}]")
+
+
+def scrub(results: list[dict[str, Any]], settings: Settings) -> list[dict[str, Any]]:
+    """Every row with the configured `*_env` values replaced by their setting paths and the secrets
+    they point at replaced by [redacted] (longest first, so no part of one survives another)."""
+    names = dict(_env_settings(settings.model_dump(mode="json")))
+    values = {value: f"<{label}>" for label, value in names.items() if len(value) >= MIN_SCRUBBED}
+    held_values = {held: REDACTED for env in names.values() if (held := secret(env)) and len(held) >= MIN_SCRUBBED}
+    replacements = sorted({**values, **held_values}.items(), key=lambda item: -len(item[0]))
+    if not replacements:
+        return results
+    pattern = re.compile("|".join(re.escape(old) for old, _ in replacements))
+    table = dict(replacements)
+    return [{**row, "detail": pattern.sub(lambda m: table[m.group(0)], str(row["detail"]))} for row in results]
+
+
 def checks(settings: Settings, data_days: int | None = 7) -> list[dict[str, Any]]:
+    return scrub(_checks(settings, data_days), settings)
+
+
+def _checks(settings: Settings, data_days: int | None) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     home = settings.home_path
 
@@ -58,15 +101,17 @@ def checks(settings: Settings, data_days: int | None = 7) -> list[dict[str, Any]
     results.append(_check("policy / evidence / assets", gates))
 
     def audit() -> str:
-        from siemcrew.crew.audit import verify
+        from siemcrew.crew.auditcheck import verify_accounted
 
+        key = settings.audit_key()
+        keyed = "keyed (HMAC)" if key else "plain sha256 (no audit key)"
         path = home / "audit.jsonl"
         if not path.exists():
-            return "no audit log yet"
-        result = verify(path)
+            return f"no audit log yet; {keyed}"
+        result = verify_accounted(path, key=key, stores=home)
         if not result.ok:
             raise RuntimeError(f"audit log broken at record {result.first_bad}: {result.reason}")
-        return f"{result.records} record(s) intact"
+        return f"{result.records} record(s) intact, every action accounted for; {keyed}"
 
     results.append(_check("audit log", audit))
 
@@ -137,7 +182,7 @@ def checks(settings: Settings, data_days: int | None = 7) -> list[dict[str, Any]
         if settings.llm is None:
             return "playbook brains (offline, deterministic)"
         if settings.llm.api_key_env and not secret(settings.llm.api_key_env):
-            raise RuntimeError(f"{settings.llm.api_key_env} is not set")
+            raise RuntimeError("the environment variable named by llm.api_key_env is not set")
         return f"LLM {settings.llm.model} for {', '.join(settings.llm.roles)}"
 
     results.append(_check("brains", brains))
@@ -151,8 +196,17 @@ def checks(settings: Settings, data_days: int | None = 7) -> list[dict[str, Any]
     results.append(_check("offline switches", offline))
 
     def serve_secrets() -> str:
-        missing = [n for n in (settings.serve.token_env, settings.serve.webhook_secret_env) if not secret(n)]
-        return f"set: {'none missing' if not missing else 'missing ' + ', '.join(missing) + ' (needed only by serve)'}"
+        serve = settings.serve
+        clashes = serve_token_clashes(serve)
+        if clashes:
+            raise RuntimeError("; ".join(clashes) + ": every approver needs a token of their own, shared with "
+                               "no intake credential (serve refuses to start)")
+        unset = [label for label, env in (("serve.token_env", serve.token_env),
+                                          ("serve.webhook_secret_env", serve.webhook_secret_env),
+                                          *((f"serve.approvers.{n}", e) for n, e in serve.approvers.items()))
+                 if not secret(env)]
+        return (f"{len(serve.approvers)} approver(s), tokens distinct; "
+                + ("all set" if not unset else "not set: " + ", ".join(unset) + " (needed only by serve)"))
 
     results.append(_check("serve secrets", serve_secrets))
     return results

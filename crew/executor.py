@@ -7,10 +7,10 @@ executor records exactly what would have been done.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 from siemcrew.connectors.base import AlertUpdate, ConnectorError
+from siemcrew.crew.faults import fault_point
 from siemcrew.crew.models import ActionProposal, ActionResult, Approval, Case
 
 SIEM_ACTIONS = {"update_alert", "close_alert", "escalate", "add_case_comment"}
@@ -57,7 +57,7 @@ class ActionExecutor:
                 detail = f"{detail} [write-back kept in the outbox: attempt {item.attempts}, retried]"[:500]
             elif self.rt.outbox.done(key):
                 self.rt.audit.append("outbox_done", who, {"key": key}, case_id=case.id)
-        _fault_point(f"after_action:{proposal.action}")
+        fault_point(f"after_action:{proposal.action}")
         result = ActionResult(key=key, action=proposal.action, target=proposal.target, state=state,
                               executor=executor, detail=detail, ticket=ticket)
         self.rt.audit.append("action", who, result.model_dump(mode="json"), case_id=case.id)
@@ -97,12 +97,6 @@ class ActionExecutor:
         for item in case.alerts if proposal.action != "update_alert" else [alert]:
             siem.update_alert(item, update)
         return "done", siem.name, f"{proposal.action}: alert(s) set to {update.status}", None
-
-
-def _fault_point(name: str) -> None:
-    """Crash-recovery tests kill the process here (SIEMCREW_FAULT_KILL_AT); a no-op otherwise."""
-    if os.environ.get("SIEMCREW_FAULT_KILL_AT") == name:
-        os._exit(137)
 
 
 def _result_state(ledger_state: str) -> Any:

@@ -270,9 +270,8 @@ class InvestigationFlow(Flow[CaseState]):
         to an approver as the reason to act). The policy then checks targets, arguments and evidence."""
         case = self.case
         model = self._runtime.settings.llm is not None and "responder" in self._runtime.settings.llm.roles
-        # one proposal per action and target (the first; a decision is kept per proposal key)
-        keys = [p.key(case.id) for p in proposals]
-        proposals = [p for index, p in enumerate(proposals) if keys.index(keys[index]) == index]
+        # one proposal per action and account/host however it is spelled (the first; a decision is kept per key)
+        proposals = self._runtime.policy.one_per_target(proposals)
         for proposal in proposals:
             proposal.proposed_by = "responder"
             if model:

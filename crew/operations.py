@@ -235,14 +235,10 @@ def decide(rt: Runtime, case_id: str, action: str, decision: str, by: str, reaso
            ) -> tuple[Approval, Case]:
     """Record a human decision bound to the exact pending action; resume the flow when none is left."""
     case = rt.cases.get(case_id)
-    if sha256 is not None:
-        match = [p for p in rt.approvals.pending(case_id) if p.action == action and (target is None or p.target == target)]
-        if not any(p.args_sha256.startswith(sha256) for p in match):
-            raise ApprovalError(f"no pending {action} on {case_id} with arguments sha256 {sha256}…: "
-                                "the request changed since it was reviewed")
-    approval = rt.approvals.decide(case_id, action, decision, by=by, reason=reason,
-                                   ttl_seconds=ttl_seconds or rt.settings.approval_ttl_seconds, target=target)
-    rt.audit.append("approval", by, approval.model_dump(mode="json"), case_id=case_id)
+    approval = rt.approvals.decide(
+        case_id, action, decision, by=by, reason=reason, ttl_seconds=ttl_seconds or rt.settings.approval_ttl_seconds,
+        target=target, args_sha256=sha256,
+        record=lambda done: rt.audit.append("approval", done.by, done.model_dump(mode="json"), case_id=case_id))
     if rt.approvals.pending(case_id):
         case.note(by, f"{decision}d", f"{action} {approval.target}: {reason}")
         rt.cases.save(case)

@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from siemcrew.crew.assets import AssetInventory, Tier, host_forms, load_yaml_model, split_user
+from siemcrew.crew.assets import AssetInventory, Tier, host_forms, load_yaml_model, same_account, same_host, split_user
 from siemcrew.crew.models import ActionProposal, Case, Confidence, Model, PolicyDecision, PolicyOutcome, Verdict
-from siemcrew.crew.targets import ValueKind, address_owners, internal_address, names, process_named, process_target, valid
+from siemcrew.crew.targets import ValueKind, address_owners, internal_address, names, process_named, process_target, same_target, valid
 from siemcrew.crew.timeutil import utcnow
 
 ApprovalMode = Literal["auto", "required", "never"]
@@ -211,6 +211,17 @@ class ResponsePolicy:
 
     def rule_for(self, action: str) -> ActionRule:
         return self.config.actions.get(action, self.config.default)
+
+    def one_per_target(self, proposals: list[ActionProposal]) -> list[ActionProposal]:
+        """The first proposal per action and target as the target's kind reads it (`pgustavo` and
+        `THESHIRE\\pgustavo`, `WS-01` and `ws-01.corp.local` are one each), so an approver is never
+        asked twice to act on one account or host, and a decision is never split between two spellings."""
+        kept: list[ActionProposal] = []
+        for proposal in proposals:
+            kind = self.rule_for(proposal.action).target
+            if not any(k.action == proposal.action and same_target(kind, k.target, proposal.target) for k in kept):
+                kept.append(proposal)
+        return kept
 
     def tighten(self, override: PolicyOverride) -> "ResponsePolicy":
         """A stricter copy of this policy; any loosening raises PolicyLoosening."""
@@ -423,11 +434,11 @@ def _check_grounds(decision: _Decision, rule: ActionRule, case: Case, proposal: 
     grounds, target = latest.grounds, proposal.target.strip()
     if rule.target == "host" and process_target(target):
         host, pid = process_target(target)  # type: ignore[misc]
-        held = any(_same_host(host, h) and int(p) == pid for h, _, p in (g.rpartition(":") for g in grounds.processes))
+        held = any(same_host(host, h) and int(p) == pid for h, _, p in (g.rpartition(":") for g in grounds.processes))
     elif rule.target == "host":
-        held = any(_same_host(str(proposal.args.get("host") or target), h) for h in grounds.hosts)
+        held = any(same_host(str(proposal.args.get("host") or target), h) for h in grounds.hosts)
     elif rule.target == "user":
-        held = any(_same_user(str(proposal.args.get("user") or target), u) for u in grounds.users)
+        held = any(same_account(str(proposal.args.get("user") or target), u) for u in grounds.users)
     elif rule.target == "indicator":
         held = target.lower() in {i.lower() for i in grounds.indicators}
     else:
@@ -435,15 +446,6 @@ def _check_grounds(decision: _Decision, rule: ActionRule, case: Case, proposal: 
     if not held:
         decision.fire("denied", "grounds", f"the recorded evidence does not hold {rule.target} {target[:80]!r} "
                                            "against this case (not in the verifier's grounds)")
-
-
-def _same_host(a: str, b: str) -> bool:
-    return bool(set(host_forms(a)) & set(host_forms(b)))
-
-
-def _same_user(a: str, b: str) -> bool:
-    (name_a, domain_a), (name_b, domain_b) = split_user(a), split_user(b)
-    return name_a == name_b and (domain_a is None or domain_b is None or domain_a.split(".")[0] == domain_b.split(".")[0])
 
 
 def _in_case(kind: TargetKind, subject: str, case: Case) -> bool:

@@ -60,7 +60,7 @@ class Runtime:
         home = settings.home_path
         home.mkdir(parents=True, exist_ok=True)
         offline.prepare(home / "crewai")
-        self.audit = AuditLog(home / "audit.jsonl")
+        self.audit = AuditLog(home / "audit.jsonl", key=settings.audit_key())
         self.cases = CaseStore(home / "cases.db")
         self.approvals = ApprovalStore(home / "approvals.db")
         self.ledger = ActionLedger(home / "ledger.db")

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from siemcrew.crew.assets import host_forms, split_user
+from siemcrew.crew.assets import host_forms, same_account, same_host, split_user
 from siemcrew.crew.models import Evidence
 
 ValueKind = Literal["host", "user", "ip", "hash", "domain", "indicator", "pid", "path", "text",
@@ -97,6 +97,22 @@ def process_target(target: str) -> tuple[str, int] | None:
     if not sep or not pid.isdigit() or not valid("host", host) or not valid("pid", pid):
         return None
     return host, int(pid)
+
+
+def same_target(kind: str, a: str, b: str) -> bool:
+    """Do two targets of one kind (the policy's `target`) name the same thing? Hosts by name (FQDN or short,
+    any case), processes (`host:pid`) by host and pid, accounts by name and domain (unless one side has
+    none), indicators in any case; alert and case ids exactly."""
+    if kind == "host":
+        process_a, process_b = process_target(a), process_target(b)
+        if process_a or process_b:
+            return bool(process_a and process_b) and process_a[1] == process_b[1] and same_host(process_a[0], process_b[0])  # type: ignore[index]
+        return same_host(a, b)
+    if kind == "user":
+        return same_account(a, b)
+    if kind == "indicator":
+        return a.strip().lower() == b.strip().lower()
+    return a == b
 
 
 # -- which values evidence names, by the kind of field that holds them ---------------------------------

@@ -38,3 +38,32 @@ def demo_settings(tmp_path: Path):  # noqa: ANN201
     from siemcrew.config.settings import Settings
 
     return Settings.load(EXAMPLES / "demo.yaml", home=str(tmp_path / "home"))
+
+
+@pytest.fixture
+def awaiting_isolation(tmp_path: Path):  # noqa: ANN201
+    """A runtime (config file in tmp_path, no events) and a verified malicious case whose isolation of
+    WS-01 waits for a human; its alert update already ran automatically."""
+    from siemcrew.config.settings import Settings
+    from siemcrew.crew.models import ActionProposal, Alert, Entities, Evidence, Grounds, VerificationReport
+    from siemcrew.crew.runtime import Runtime
+    from siemcrew.crew.timeutil import utcnow
+
+    config = tmp_path / "siemcrew.yaml"
+    config.write_text(f"home: {tmp_path / 'home'}\n", encoding="utf-8")
+    rt = Runtime(Settings.load(config))
+    case, _ = rt.cases.admit(Alert(id="a1", rule_name="r", timestamp=utcnow(), entities=Entities(hosts=["WS-01"])))
+    case.verdict, case.confidence = "malicious", "high"
+    seen = Evidence(kind="alert_events", connector="t", language="t", query="q", status="ok", count=1,
+                    sample=[{"host.hostname": "WS-01"}]).seal()
+    case.evidence.append(seen)
+    case.verifications.append(VerificationReport(status="complete", grounds=Grounds(hosts=["WS-01"])))
+    case.proposals = [
+        ActionProposal(action="isolate_host", target="WS-01", args={"host": "WS-01"}, evidence_ids=[seen.id]),
+        ActionProposal(action="update_alert", target="a1", args={"status": "escalated", "verdict": "malicious"},
+                       evidence_ids=[seen.id]),
+    ]
+    assert rt.gate(case) == 1
+    rt.act(case, auto_only=True)
+    rt.cases.save(case)
+    return rt, case

@@ -221,3 +221,64 @@ def test_policy_approval_and_ledger_together_execute_once(tmp_path: Path) -> Non
             executions.append(ledger.update(isolate.key(case.id), "done", "contained"))
     assert len(executions) == 1
     assert ledger.count_since("isolate_host", utcnow().timestamp() - 3600) == 1
+
+
+# -- the reviewed sha256: the full 64 hex, compared where the request is picked ------------------------------------
+@pytest.mark.parametrize("sha", ["", "a", ISOLATE.args_sha256[:12], ISOLATE.args_sha256 + "0", "z" * 64])
+def test_only_a_full_sha256_is_accepted_as_the_reviewed_arguments(store: ApprovalStore, sha: str) -> None:
+    store.request("case-1", ISOLATE, needs_approval(ISOLATE))
+    with pytest.raises(ApprovalError, match="64 hex"):
+        store.decide("case-1", "isolate_host", "approve", by="alice", reason="ok", args_sha256=sha)
+    assert len(store.pending()) == 1
+
+
+def test_the_reviewed_sha256_is_checked_against_the_request_that_is_decided(store: ApprovalStore) -> None:
+    changed = ISOLATE.model_copy(update={"args": {"comment": "changed"}})
+    store.request("case-1", ISOLATE, needs_approval(ISOLATE))
+    store.request("case-1", changed, needs_approval(changed))  # the responder changed the arguments meanwhile
+    with pytest.raises(ApprovalError, match="changed since"):
+        store.decide("case-1", "isolate_host", "approve", by="alice", reason="ok", args_sha256=ISOLATE.args_sha256)
+    approval = store.decide("case-1", "isolate_host", "approve", by="alice", reason="ok",
+                            args_sha256=changed.args_sha256.upper())
+    assert approval.args_sha256 == changed.args_sha256
+
+
+def test_replaying_a_decided_approval_says_already_decided(store: ApprovalStore) -> None:
+    store.request("case-1", ISOLATE, needs_approval(ISOLATE))
+    store.decide("case-1", "isolate_host", "approve", by="alice", reason="ok", args_sha256=ISOLATE.args_sha256)
+    with pytest.raises(ApprovalError, match="already decided: approve by alice"):
+        store.decide("case-1", "isolate_host", "approve", by="alice", reason="ok", args_sha256=ISOLATE.args_sha256)
+    changed = ISOLATE.model_copy(update={"args": {"comment": "changed"}})
+    store.request("case-1", changed, needs_approval(changed))  # a new request is pending: the replay is still one
+    with pytest.raises(ApprovalError, match="already decided: approve by alice"):
+        store.decide("case-1", "isolate_host", "approve", by="alice", reason="ok", args_sha256=ISOLATE.args_sha256)
+
+
+def test_the_decision_is_recorded_before_it_commits(store: ApprovalStore) -> None:
+    """The audit record is written inside the deciding transaction: a decision that can let an action run
+    is never in the store without being in the log (a failed record leaves nothing decided)."""
+    store.request("case-1", ISOLATE, needs_approval(ISOLATE))
+    seen: list[int] = []
+
+    def record(approval: object) -> None:
+        seen.append(len(store.pending()))  # another connection still sees the request pending
+        raise RuntimeError("audit log unavailable")
+
+    with pytest.raises(RuntimeError):
+        store.decide("case-1", "isolate_host", "approve", by="alice", reason="ok", record=record)
+    assert seen == [1] and len(store.pending()) == 1 and store.decisions("case-1") == []
+
+
+def test_cli_refuses_a_short_sha_and_says_already_decided_on_a_replay(awaiting_isolation) -> None:  # noqa: ANN001
+    from conftest import run_cli
+
+    rt, case = awaiting_isolation
+    (pending,) = rt.approvals.pending(case.id)
+    config = str(rt.settings.config_path)
+    base = ("approve", case.id, "isolate_host", "--by", "alice", "--reason", "ok", "--config", config)
+    for short in ("", pending.args_sha256[:1]):
+        refused = run_cli(*base, "--sha", short)
+        assert refused.returncode == 6 and "64 hex" in " ".join(refused.stderr.split()), refused.stderr
+    assert run_cli(*base, "--sha", pending.args_sha256).returncode == 0
+    replay = run_cli(*base, "--sha", pending.args_sha256)
+    assert replay.returncode == 6 and "already decided" in " ".join(replay.stderr.split()), replay.stderr

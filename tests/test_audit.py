@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -123,34 +127,126 @@ def test_appending_to_a_damaged_tail_is_refused(tmp_path: Path, tamper: str) -> 
         log.append("case", "x", {})
 
 
-def test_torn_final_line_is_recovered_on_next_append_and_recorded(tmp_path: Path) -> None:
+def _killed_append(path: Path, point: str, key_env: str | None = None) -> None:
+    """Append one record in another process that is killed at `point` of the append (as `kill -9` would)."""
+    code = (
+        "import os, sys\n"
+        "from siemcrew.crew.audit import AuditLog\n"
+        "key = os.environ[sys.argv[2]].encode() if sys.argv[2] else None\n"
+        "AuditLog(sys.argv[1], key=key).append('action_start', 'alice', {'key': 'c:isolate_host:WS-1'})\n"
+    )
+    env = {**os.environ, "SIEMCREW_FAULT_KILL_AT": point}
+    proc = subprocess.run([sys.executable, "-c", code, str(path), key_env or ""], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 137, proc.stderr[-2000:]
+
+
+KILL_POINTS = {"audit:after_intent": False, "audit:after_record": True}  # point: was the record written?
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_killed_append_is_no_false_alarm_and_the_next_writer_records_its_recovery(tmp_path: Path, point: str) -> None:
     log = _log(tmp_path, count=3)
-    with open(log.path, "ab") as handle:
-        handle.write(b'{"seq":4,"ts":"2024-')
+    anchored = json.loads((tmp_path / "audit.jsonl.head").read_text())
+    _killed_append(log.path, point)
+    written = KILL_POINTS[point]
+    assert len(_lines(log)) == 3 + written
+    result = verify(log.path)
+    assert result.ok, result.reason  # a crash is not tampering: no alarm in between
+    assert result.notes and "interrupted" in result.notes[0]
+
+    after = log.append("case", "flow", {"after": "crash"})
+    records = list(read(log.path))
+    recovery = records[-2]
+    assert recovery.kind == "recovery" and after.seq == recovery.seq + 1
+    assert recovery.data["anchor"] == {"seq": 3, "hash": anchored["hash"]}
+    assert len(recovery.data["intent"]) == 1 and recovery.data["torn"] is None
+    if written:  # the record the killed process wrote is named, with its hash, not silently adopted
+        assert recovery.data["found"] == [{"seq": 4, "hash": records[3].hash, "kind": "action_start",
+                                           "actor": "alice", "case_id": None}]
+        assert recovery.data["intent"] == [records[3].hash] and recovery.data["missing"] == 0
+    else:
+        assert recovery.data["found"] == [] and recovery.data["missing"] == 1
+    final = verify(log.path)
+    assert final.ok and final.notes == [], final
+
+
+def test_a_writer_killed_while_recovering_leaves_the_found_record_named(tmp_path: Path) -> None:
+    """The recovery record is announced like any append, with the records it is about still announced:
+    a crash while recovering never leaves them adopted without a recovery record naming them."""
+    log = _log(tmp_path, count=3)
+    _killed_append(log.path, "audit:after_record")
+    interrupted = list(read(log.path))[3]
+    _killed_append(log.path, "audit:after_intent")  # this writer dies announcing its recovery record
+    assert verify(log.path).ok
+    log.append("case", "flow", {})
+    assert verify(log.path).ok
+    recoveries = [r for r in read(log.path) if r.kind == "recovery"]
+    assert [f["hash"] for r in recoveries for f in r.data["found"]] == [interrupted.hash]
+    assert recoveries[0].data["anchor"]["seq"] == 3
+
+
+@pytest.mark.parametrize("point", [None, *KILL_POINTS])
+def test_a_forged_record_beyond_the_anchor_is_never_adopted(tmp_path: Path, point: str | None) -> None:
+    """A correctly chained record appended without moving the anchor was adopted by the next write as an
+    "interrupted append". Only a record the interrupted append announced in the anchor is one."""
+    log = _log(tmp_path, count=3)
+    if point:
+        _killed_append(log.path, point)
+    lines = _lines(log)
+    _forge_after(len(lines) - 1)(lines)
+    _write(log, lines)
+    result = verify(log.path)
+    assert not result.ok and result.first_bad == len(lines), result.reason
+    assert "not announced" in result.reason
+    with pytest.raises(AuditError, match="verify"):
+        log.append("case", "flow", {})
+    assert _lines(log) == lines  # nothing adopted, nothing written
+
+
+def test_a_torn_line_is_recovered_only_after_an_announced_append(tmp_path: Path) -> None:
+    torn = b'{"seq":4,"ts":"2024-'
+    log = _log(tmp_path, count=3)
+    with open(log.path, "ab") as handle:  # bytes that no append announced: tampering
+        handle.write(torn)
     assert not verify(log.path).ok
+    with pytest.raises(AuditError, match="verify"):
+        log.append("case", "flow", {})
+
+    log = _log(tmp_path / "crash", count=3)
+    _killed_append(log.path, "audit:after_intent")
+    with open(log.path, "ab") as handle:  # what a power cut during the announced write leaves
+        handle.write(torn)
+    result = verify(log.path)
+    assert result.ok and "torn" in result.notes[0], result
     record = log.append("case", "flow", {"after": "crash"})
     assert record.seq == 5
-    records = list(read(log.path))
-    assert records[3].kind == "audit" and records[3].data["bytes"] == len(b'{"seq":4,"ts":"2024-')
+    recovery = list(read(log.path))[3]
+    assert recovery.kind == "recovery"
+    assert recovery.data["torn"] == {"bytes": len(torn), "sha256": hashlib.sha256(torn).hexdigest()}
     assert verify(log.path).ok
 
 
-def test_append_interrupted_before_the_anchor_moved_is_healed(tmp_path: Path) -> None:
+def test_a_recovery_record_that_misdescribes_the_log_fails(tmp_path: Path) -> None:
     log = _log(tmp_path, count=3)
-    second = json.loads(_lines(log)[1])
-    head = tmp_path / "audit.jsonl.head"
-    head.write_text(canonical_json({"seq": 2, "hash": second["hash"]}), encoding="utf-8")
-    assert verify(log.path).first_bad == 3
-    assert log.append("case", "flow", {}).seq == 4
-    assert verify(log.path).ok
+    _killed_append(log.path, "audit:after_record")
+    log.append("case", "flow", {})
+    lines = _lines(log)
+    recovery = json.loads(lines[4])
+    recovery["data"]["found"][0]["hash"] = "f" * 64  # someone rewrote what the recovery says it found
+    lines[4] = canonical_json(_rehash(recovery))
+    lines[5] = canonical_json(_rehash({**json.loads(lines[5]), "prev": recovery["hash"]}))
+    _write(log, lines)
+    last = json.loads(lines[5])
+    (tmp_path / "audit.jsonl.head").write_text(canonical_json({"seq": 6, "hash": last["hash"]}), encoding="utf-8")
+    result = verify(log.path)
+    assert not result.ok and result.first_bad == 5 and "recovery" in result.reason, result
 
 
-def test_missing_anchor_is_only_tolerated_for_a_first_record(tmp_path: Path) -> None:
-    head = tmp_path / "audit.jsonl.head"
+def test_a_missing_anchor_is_refused_even_for_a_single_record(tmp_path: Path) -> None:
+    """Every append announces itself in the anchor before writing, so no crash leaves records without one."""
     single = _log(tmp_path, count=1)
-    head.unlink()
-    assert single.append("case", "flow", {}).seq == 2
-    head.unlink()
+    (tmp_path / "audit.jsonl.head").unlink()
     with pytest.raises(AuditError, match="head anchor"):
         single.append("case", "flow", {})
     assert not verify(single.path).ok
@@ -286,3 +382,98 @@ def test_four_processes_append_a_contiguous_chain(tmp_path: Path) -> None:
     assert [r.seq for r in records] == list(range(1, 201))
     for n in range(4):
         assert [r.data["i"] for r in records if r.actor == f"worker{n}"] == list(range(50))
+
+
+# -- the keyed chain (HMAC with a key kept outside the home) ---------------------------------------------------
+KEY = b"k3y-outside-the-home-" + b"x" * 16
+
+
+def _keyed(tmp_path: Path, count: int = 4) -> AuditLog:
+    log = AuditLog(tmp_path / "audit.jsonl", key=KEY)
+    for index in range(count):
+        log.append("tool_call", "hunter", {"n": index}, case_id="case-1")
+    return log
+
+
+def test_a_keyed_chain_verifies_only_with_its_key(tmp_path: Path) -> None:
+    log = _keyed(tmp_path)
+    assert verify(log.path, key=KEY).ok
+    assert all(r.mac == "hmac-sha256" for r in read(log.path))
+    without = verify(log.path)
+    assert not without.ok and "key" in without.reason
+    wrong = verify(log.path, key=b"another key, just as long as the first")
+    assert not wrong.ok and wrong.first_bad == 1
+
+
+def test_without_the_key_a_consistent_rewrite_of_a_keyed_chain_is_detected(tmp_path: Path) -> None:
+    """Whoever can write the home can recompute a plain chain and its anchor; not a keyed one."""
+    log = _keyed(tmp_path)
+    records = [json.loads(line) for line in _lines(log)]
+    records[1]["data"] = {"n": "forged"}
+    prev = records[0]["hash"]
+    for record in records[1:]:  # relink everything after the edit, as an attacker would
+        record["prev"] = prev
+        prev = _rehash(record)["hash"]
+    _write(log, [canonical_json(r) for r in records])
+    (tmp_path / "audit.jsonl.head").write_text(canonical_json({"seq": 4, "hash": prev}), encoding="utf-8")
+    assert verify(log.path).ok is False
+    result = verify(log.path, key=KEY)
+    assert not result.ok and result.first_bad == 2, result
+
+
+def test_cutting_a_keyed_chain_short_needs_the_key_to_move_the_anchor(tmp_path: Path) -> None:
+    log = _keyed(tmp_path)
+    lines = _lines(log)
+    _write(log, lines[:-1])
+    third = json.loads(lines[2])
+    (tmp_path / "audit.jsonl.head").write_text(canonical_json({"seq": 3, "hash": third["hash"]}), encoding="utf-8")
+    result = verify(log.path, key=KEY)
+    assert not result.ok and "anchor" in result.reason, result
+
+
+def test_a_plain_log_continues_keyed_and_a_writer_without_the_key_is_refused(tmp_path: Path) -> None:
+    plain = _log(tmp_path, count=2)
+    keyed = AuditLog(plain.path, key=KEY)
+    keyed.append("audit", "siemcrew", {"keyed": True})
+    assert verify(plain.path, key=KEY).ok
+    assert not verify(plain.path).ok
+    with pytest.raises(AuditError, match="key"):
+        plain.append("case", "flow", {})
+    assert len(_lines(plain)) == 3
+
+
+def test_a_killed_keyed_append_recovers_and_a_forgery_after_it_is_refused(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_AUDIT_KEY", KEY.decode())
+    log = _keyed(tmp_path, count=2)
+    _killed_append(log.path, "audit:after_record", key_env="TEST_AUDIT_KEY")
+    assert verify(log.path, key=KEY).ok
+    log.append("case", "flow", {})
+    kinds = [r.kind for r in read(log.path)]
+    assert kinds[-2:] == ["recovery", "case"] and verify(log.path, key=KEY).ok
+
+
+def test_the_audit_key_comes_from_the_environment_or_a_file_outside_the_home(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from siemcrew.config.settings import Settings, SettingsError
+
+    home = tmp_path / "home"
+    monkeypatch.delenv("SIEMCREW_AUDIT_KEY", raising=False)
+    assert Settings.load(None, home=str(home)).audit_key() is None  # absent: plain sha256, as before
+    monkeypatch.setenv("SIEMCREW_AUDIT_KEY", KEY.decode())
+    assert Settings.load(None, home=str(home)).audit_key() == KEY
+    monkeypatch.delenv("SIEMCREW_AUDIT_KEY")
+    outside = tmp_path / "etc" / "audit.key"
+    outside.parent.mkdir()
+    outside.write_text(KEY.decode() + "\n", encoding="utf-8")
+    assert Settings.load(None, home=str(home), audit={"key_file": str(outside)}).audit_key() == KEY
+    inside = home / "audit.key"
+    home.mkdir()
+    inside.write_text(KEY.decode(), encoding="utf-8")
+    with pytest.raises(SettingsError, match="outside"):
+        Settings.load(None, home=str(home), audit={"key_file": str(inside)}).audit_key()
+    with pytest.raises(SettingsError, match="not found|cannot read"):
+        Settings.load(None, home=str(home), audit={"key_file": str(tmp_path / "none")}).audit_key()
+    outside.write_text("short", encoding="utf-8")
+    with pytest.raises(SettingsError, match="32"):
+        Settings.load(None, home=str(home), audit={"key_file": str(outside)}).audit_key()

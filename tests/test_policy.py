@@ -389,3 +389,55 @@ def test_blocking_a_domain_controllers_address_is_denied_when_the_case_resolved_
     decision = decide(policy, case, "block_indicator", "10.0.1.10", type="ip", value="10.0.1.10")
     assert decision.outcome == "denied" and "deny_on_tiers" in rules(decision)
     assert any("DC01" in r.upper() for r in decision.reasons)
+
+
+# -- one proposal per account or host, however it is written ------------------------------------------------------
+def _p(action: str, target: str) -> ActionProposal:
+    return ActionProposal(action=action, target=target)
+
+
+@pytest.mark.parametrize(("action", "first", "second", "same"), [
+    ("disable_user", "pgustavo", "THESHIRE\\pgustavo", True),           # one side has no domain
+    ("disable_user", "pgustavo@theshire.local", "THESHIRE\\PGUSTAVO", True),
+    ("disable_user", "THESHIRE\\pgustavo", "OTHER\\pgustavo", False),   # two domains, two accounts
+    ("disable_user", "pgustavo", "pgustavo2", False),
+    ("isolate_host", "WS-01", "ws-01.contoso.local", True),            # short vs FQDN, any case
+    ("isolate_host", "WS-01.CONTOSO.LOCAL.", "ws-01.contoso.local", True),
+    ("isolate_host", "ws-01.a.local", "ws-01.b.local", False),        # two domains, two hosts
+    ("kill_process", "WS-01:4242", "ws-01.contoso.local:4242", True),
+    ("kill_process", "WS-01:4242", "WS-01:4243", False),
+    ("block_indicator", SHA, SHA.upper(), True),
+    ("update_alert", "a1", "A1", False),                               # alert and case ids are exact
+])
+def test_one_proposal_per_normalised_target(policy: ResponsePolicy, action: str, first: str, second: str,
+                                            same: bool) -> None:
+    kept = policy.one_per_target([_p(action, first), _p(action, second), _p("escalate", "case-1")])
+    assert [p.target for p in kept] == ([first] if same else [first, second]) + ["case-1"]
+
+
+def test_the_playbook_responder_proposes_once_per_account_and_host(policy: ResponsePolicy) -> None:
+    from types import SimpleNamespace
+
+    from siemcrew.crew.brains.playbooks import conclude_respond
+
+    case = Case(id="c1", alerts=[make_case().alert], verdict="malicious", confidence="high",
+                affected_hosts=["WS-01", "ws-01.corp.local"], affected_users=["pgustavo", "THESHIRE\\pgustavo"])
+    inventory = AssetInventory.load()
+    ctx = SimpleNamespace(case=case, runtime=SimpleNamespace(inventory=inventory, policy=policy))
+    plan = conclude_respond(ctx)  # type: ignore[arg-type]
+    targets = [(p.action, p.target) for p in plan.proposals if p.action in ("isolate_host", "disable_user")]
+    assert targets == [("isolate_host", "WS-01"), ("disable_user", "pgustavo")]
+
+
+def test_the_flow_keeps_one_proposal_per_account_and_host_from_a_model(policy: ResponsePolicy) -> None:
+    from types import SimpleNamespace
+
+    from siemcrew.crew.flow import InvestigationFlow
+
+    runtime = SimpleNamespace(policy=policy, settings=SimpleNamespace(llm=None))
+    flow = SimpleNamespace(case=make_case(), _runtime=runtime)
+    proposals = [_p("disable_user", "THESHIRE\\pgustavo"), _p("disable_user", "pgustavo"),
+                 _p("isolate_host", "ws-01.corp.local"), _p("isolate_host", "WS-01")]
+    kept = InvestigationFlow._proposals(flow, proposals)  # type: ignore[arg-type]
+    assert [(p.action, p.target) for p in kept] == [("disable_user", "THESHIRE\\pgustavo"),
+                                                    ("isolate_host", "ws-01.corp.local")]

@@ -263,8 +263,7 @@ def conclude_respond(ctx: InvestigationContext) -> ResponsePlan:
                                     reason="write the verdict back to the SIEM", evidence_ids=cite))
     proposals.append(ActionProposal(action="escalate", target=case.id, args={"severity": case.impact.severity if case.impact else "medium"},
                                     reason="a human must review this case", evidence_ids=cite))
-    unique = {p.key(case.id): p for p in proposals}
-    return ResponsePlan(summary=f"respond to {case.verdict} case", proposals=list(unique.values()))
+    return ResponsePlan(summary=f"respond to {case.verdict} case", proposals=ctx.runtime.policy.one_per_target(proposals))
 
 
 PLANS = {"triage": triage_plan, "hunter": hunt_plan, "impact": impact_plan}
