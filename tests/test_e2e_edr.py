@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 from conftest import EXAMPLES, run_cli
@@ -19,26 +20,39 @@ HOST = "WS-HR-02"
 AID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
 
 
+ENV = {"FALCON_CLIENT_ID": CLIENT_ID, "FALCON_CLIENT_SECRET": CLIENT_SECRET}
+
+
+def _falcon_config(tmp_path: Path, monkeypatch, falcon: FalconEmulator, covered: str) -> Path:
+    """The demo's events with `executor: edr` and Falcon covering the hosts that match `covered`."""
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    config = tmp_path / "siemcrew.yaml"
+    config.write_text(yaml.safe_dump({
+        "home": str(tmp_path / "home"), "source": "local", "executor": "edr",
+        "local": {"events": [str(EXAMPLES / "events")]},
+        "edr": {"action_timeout_s": 20, "poll_interval_s": 0.05,
+                "crowdstrike": {"base_url": falcon.base_url, "verify": False},
+                "coverage": [{"hosts": [covered], "vendor": "crowdstrike"}]},
+    }), encoding="utf-8")
+    return config
+
+
+def _investigate_stager(config: Path) -> tuple[Runtime, Any]:
+    rt = Runtime(Settings.load(config))
+    alert = Alert.model_validate_json((EXAMPLES / "alerts" / "demo-2-encoded-powershell.json").read_text())
+    return rt, investigate(rt, alert)
+
+
 def test_containment_is_a_confirmed_state_executed_once_and_released_on_later_approval(tmp_path: Path,
                                                                                        monkeypatch) -> None:
     falcon = FalconEmulator()
     falcon.add_device(AID, HOST, local_ip="10.10.20.12")
     falcon.start()
     try:
-        env = {"FALCON_CLIENT_ID": CLIENT_ID, "FALCON_CLIENT_SECRET": CLIENT_SECRET}
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        config = tmp_path / "siemcrew.yaml"
-        config.write_text(yaml.safe_dump({
-            "home": str(tmp_path / "home"), "source": "local", "executor": "edr",
-            "local": {"events": [str(EXAMPLES / "events")]},
-            "edr": {"action_timeout_s": 20, "poll_interval_s": 0.05,
-                    "crowdstrike": {"base_url": falcon.base_url, "verify": False},
-                    "coverage": [{"hosts": ["WS-*"], "vendor": "crowdstrike"}]},
-        }), encoding="utf-8")
-        rt = Runtime(Settings.load(config))
-        alert = Alert.model_validate_json((EXAMPLES / "alerts" / "demo-2-encoded-powershell.json").read_text())
-        case = investigate(rt, alert)
+        env = ENV
+        config = _falcon_config(tmp_path, monkeypatch, falcon, "WS-*")
+        rt, case = _investigate_stager(config)
         assert case.verdict == "malicious" and case.verification.status == "complete"
         assert case.status == "awaiting_approval"
         pending = {(p.action, p.target) for p in rt.approvals.pending(case.id)}
@@ -89,19 +103,7 @@ def test_under_executor_edr_a_host_no_edr_covers_is_a_failed_action_not_a_dry_ru
     falcon.add_device(AID, HOST, local_ip="10.10.20.12")
     falcon.start()
     try:
-        monkeypatch.setenv("FALCON_CLIENT_ID", CLIENT_ID)
-        monkeypatch.setenv("FALCON_CLIENT_SECRET", CLIENT_SECRET)
-        config = tmp_path / "siemcrew.yaml"
-        config.write_text(yaml.safe_dump({
-            "home": str(tmp_path / "home"), "source": "local", "executor": "edr",
-            "local": {"events": [str(EXAMPLES / "events")]},
-            "edr": {"action_timeout_s": 20, "poll_interval_s": 0.05,
-                    "crowdstrike": {"base_url": falcon.base_url, "verify": False},
-                    "coverage": [{"hosts": ["SRV-*"], "vendor": "crowdstrike"}]},  # the workstations are not
-        }), encoding="utf-8")
-        rt = Runtime(Settings.load(config))
-        alert = Alert.model_validate_json((EXAMPLES / "alerts" / "demo-2-encoded-powershell.json").read_text())
-        case = investigate(rt, alert)
+        _, case = _investigate_stager(_falcon_config(tmp_path, monkeypatch, falcon, "SRV-*"))  # not the workstations
         kills = [r for r in case.results if r.action == "kill_process"]
         assert kills and all(r.state == "failed" and "no configured EDR covers host" in r.detail for r in kills)
         assert not any(r.state == "dry_run" for r in case.results if r.action in ("isolate_host", "kill_process"))

@@ -558,56 +558,45 @@ def _source_table(indices: list[Index], metadata: list[str], docs: list[Doc]) ->
     return columns, rows
 
 
-def blank_comments(query: str) -> str:
-    """`// line` and `/* block */` comments outside strings become spaces (offsets kept), as the lexer skips them."""
-    out, i, quote = list(query), 0, ""
+def _lex(query: str) -> tuple[str, list[bool]]:
+    """One pass as Elasticsearch's lexer reads a query: `// line` and `/* block */` comments outside strings
+    become spaces (offsets kept), and for each position whether it stands outside a string."""
+    out, outside, i, quote = list(query), [True] * len(query), 0, ""
     while i < len(query):
-        if query.startswith('"""', i):
-            quote = "" if quote == '"""' else ('"""' if not quote else quote)
+        if query.startswith('"""', i) and quote in ("", '"""'):
+            quote = "" if quote else '"""'
+            outside[i:i + 3] = [False] * 3
             i += 3
             continue
         c = query[i]
         if quote == '"' and c == "\\":
+            outside[i:i + 2] = [False] * len(outside[i:i + 2])
             i += 2
             continue
         if c == '"' and quote in ("", '"'):
             quote = "" if quote else '"'
         elif not quote and query.startswith(("//", "/*"), i):
-            if query.startswith("//", i):
-                end = query.find("\n", i)
-                end = len(query) if end < 0 else end
-            else:
-                end = query.find("*/", i + 2)
-                end = len(query) if end < 0 else end + 2
-            for j in range(i, end):
-                out[j] = out[j] if query[j] == "\n" else " "
+            closer = "\n" if query.startswith("//", i) else "*/"
+            found = query.find(closer, i + 2)
+            end = len(query) if found < 0 else found + (0 if closer == "\n" else 2)
+            out[i:end] = [" "] * (end - i)
             i = end
             continue
+        outside[i] = not quote and c != '"'
         i += 1
-    return "".join(out)
+    return "".join(out), outside
 
 
 def split_commands(query: str) -> list[tuple[str, int]]:
     """(command text, offset) split on | outside strings and comments."""
-    query = blank_comments(query)
+    text, outside = _lex(query)
     parts: list[tuple[str, int]] = []
-    start, i, quote = 0, 0, ""
-    while i < len(query):
-        if query.startswith('"""', i):
-            quote = "" if quote == '"""' else ('"""' if not quote else quote)
-            i += 3
-            continue
-        c = query[i]
-        if quote == '"' and c == "\\":
-            i += 2
-            continue
-        if c == '"' and quote in ("", '"'):
-            quote = "" if quote else '"'
-        elif c == "|" and not quote:
-            parts.append((query[start:i], start))
+    start = 0
+    for i, c in enumerate(text):
+        if c == "|" and outside[i]:
+            parts.append((text[start:i], start))
             start = i + 1
-        i += 1
-    parts.append((query[start:], start))
+    parts.append((text[start:], start))
     return parts
 
 
