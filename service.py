@@ -327,8 +327,7 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
 
     @app.post("/v1/alerts/elastic", dependencies=[Depends(shared_secret)], status_code=202,
               responses={**INTAKE_RESPONSES, **problems(400, 401, 403, 413, 422)},
-              openapi_extra=json_body({"type": "object", "description": "the Kibana rule webhook body: "
-                                       "{\"alerts\": [...]} from {{{context.alerts.asJSON}}}"}))
+              openapi_extra=json_body({"$ref": "#/components/schemas/WebhookBody"}))
     def post_elastic(body: Any = Body(...)) -> JSONResponse:
         from siemcrew.connectors.elastic.intake import AlertDocError, alerts_from_webhook
 
@@ -403,12 +402,13 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
         if app.openapi_schema is None:
             from fastapi.openapi.utils import get_openapi
 
+            from siemcrew.connectors.elastic.intake import WebhookBody
             from siemcrew.connectors.splunk.intake import SplunkActionHandoff
             from siemcrew.crew.models import Alert
 
             document = get_openapi(title=app.title, version=app.version, routes=app.routes)
             components = document.setdefault("components", {}).setdefault("schemas", {})
-            for model in (Alert, SplunkActionHandoff):
+            for model in (Alert, SplunkActionHandoff, WebhookBody):
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(schema.pop("$defs", {}))
                 components[model.__name__] = schema

@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic.json_schema import SkipJsonSchema
+from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
 
 from siemcrew.crew.timeutil import iso, parse_time, utcnow
 
@@ -49,6 +49,11 @@ def payload_depth(value: Any, stop: int) -> int:
             return depth
         todo.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
     return deepest
+
+
+# A timestamp as alerts carry it: ISO 8601 text, or epoch seconds (Splunk's _time) -- what `parse_time` reads
+Moment = Annotated[datetime, WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"},
+                                                        {"type": "number", "minimum": 0, "maximum": 32503680000}]})]
 
 
 class Model(BaseModel):
@@ -120,9 +125,9 @@ class Alert(Model):
     severity: str = "medium"
     risk_score: float | None = None
     description: str = ""
-    timestamp: datetime
-    first_seen: datetime | None = None
-    last_seen: datetime | None = None
+    timestamp: Moment
+    first_seen: Moment | None = None
+    last_seen: Moment | None = None
     techniques: list[str] = Field(default_factory=list)
     tactics: list[str] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode, openapi
+from schemathesis.checks import positive_data_acceptance
 
 from siemcrew.config.settings import Settings
 from siemcrew.service import Worker, create_app
@@ -30,7 +31,10 @@ def test_every_answer_is_in_the_openapi_document(tmp_path: Any, monkeypatch: pyt
     app = create_app(Settings.load(EXAMPLES / "demo.yaml", home=str(tmp_path / "home"),
                                    serve={"approvers": {"alice": "SIEMCREW_APPROVER_ALICE"}}))
     failures: list[str] = []
-    with TestClient(app):
+    with TestClient(app) as client:
+        # first requests warm the app up (the document is built, the stores opened) outside the checks
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/v1/intake/none", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404
         schema = openapi.from_asgi("/openapi.json", app)
         operations = [result.ok() for result in schema.get_all_operations()]
         assert len(operations) >= 9
@@ -41,13 +45,18 @@ def test_every_answer_is_in_the_openapi_document(tmp_path: Any, monkeypatch: pyt
                       suppress_health_check=list(HealthCheck))
             def check(case: Any) -> None:
                 token = APPROVER if "/actions/" in case.path else TOKEN
+                # The Kibana webhook carries Elastic Security alert documents: their schema is Elastic's, not
+                # restated in ours, so a schema-valid body may still hold a document we refuse (422); what
+                # we accept of them is tested in test_elastic_intake.py and test_e2e_elastic.py.
+                skip = [positive_data_acceptance] if case.path == "/v1/alerts/elastic" else []
                 case.call_and_validate(headers={"Authorization": f"Bearer {token}",
-                                                "X-Siemcrew-Secret": "contract-webhook-secret"})
+                                                "X-Siemcrew-Secret": "contract-webhook-secret"}, excluded_checks=skip)
 
             try:
                 check()
             except Unsatisfiable:
                 assert mode is GenerationMode.NEGATIVE, operation.label  # nothing about it can be made invalid
             except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - collect every failure, report all
-                failures.append(f"{operation.label} ({mode.value}): {' '.join(str(exc).split())[:1500]}")
+                inner = " | ".join(str(e) for e in getattr(exc, "exceptions", []))
+                failures.append(f"{operation.label} ({mode.value}): {' '.join(f'{exc} {inner}'.split())[:2000]}")
     assert not failures, "\n\n".join(failures)

@@ -231,6 +231,7 @@ def test_executor_retries_a_failed_write_back_but_never_repeats_a_done_one(tmp_p
     from siemcrew.crew.executor import ActionExecutor
     from siemcrew.crew.ledger import ActionLedger
     from siemcrew.crew.models import ActionProposal
+    from siemcrew.crew.outbox import Outbox
 
     calls: list[str] = []
 
@@ -243,12 +244,16 @@ def test_executor_retries_a_failed_write_back_but_never_repeats_a_done_one(tmp_p
                 raise ConnectorError("SIEM busy")
 
     rt = SimpleNamespace(ledger=ActionLedger(tmp_path / "ledger.db"), audit=AuditLog(tmp_path / "audit.jsonl"),
-                         siem=Siem(), settings=SimpleNamespace(executor="dry-run"), report_link=lambda case: "x")
+                         outbox=Outbox(tmp_path / "outbox.db"), siem=Siem(),
+                         settings=SimpleNamespace(executor="dry-run"), report_link=lambda case: "x")
     case = Case(id="c1", alerts=[_alert()], verdict="malicious")
     proposal = ActionProposal(action="update_alert", target="a1", args={})
     executor = ActionExecutor(rt)
-    assert executor.execute(case, proposal, None).state == "failed"
+    failed = executor.execute(case, proposal, None)
+    assert failed.state == "failed" and "kept in the outbox" in failed.detail
+    assert [i.key for i in rt.outbox.pending()] == [proposal.key(case.id)]  # kept for a later retry
     assert executor.execute(case, proposal, None).state == "done"      # the failed attempt is taken over
+    assert rt.outbox.pending() == []
     assert executor.execute(case, proposal, None).executor == "ledger"  # done: never again
     assert calls == ["a1", "a1"]
 

@@ -33,7 +33,9 @@ class SplunkActionHandoff(BaseModel):
     owner: str = ""
     results_link: str = ""
     server_uri: str = ""
-    configuration: dict[str, str] = Field(default_factory=dict)
+    # the alert action's settings; a key naming a secret is refused (the serve token travels in the header)
+    configuration: dict[str, str] = Field(default_factory=dict, json_schema_extra={
+        "propertyNames": {"not": {"pattern": "(?i)(token|password|secret|session_key)"}}})
     rows: list[dict[str, RowValue]] = Field(default_factory=list, max_length=MAX_ROWS)
 
     @field_validator("configuration")
