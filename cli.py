@@ -161,7 +161,7 @@ def run(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
     rt = _runtime(config)
     summary = _run_with_progress(rt, as_json, limit)
     _emit(summary.as_dict(), True if as_json else False, lambda: _out().write(json.dumps(summary.as_dict()) + "\n"))
-    for line in [*summary.rejected_inputs, *summary.writeback_pending]:
+    for line in [*summary.rejected_inputs, *summary.writeback_pending, *summary.containment_unconfirmed]:
         console.print(f"[yellow]needs attention:[/yellow] {escape(line)}")
     raise typer.Exit(EXIT_PARTIAL if summary.incomplete else EXIT_OK)
 

@@ -130,10 +130,11 @@ class Worker:
 
 
     def _drain(self) -> None:
-        from siemcrew.crew.operations import drain_outbox
+        from siemcrew.crew.operations import drain_outbox, reconcile_containment
 
         try:
             pending = drain_outbox(self.rt)
+            reconcile_containment(self.rt)
         except Exception:  # noqa: BLE001 - the outbox keeps the items; the next round tries again
             log.exception("write-back retry round failed")
             return

@@ -243,6 +243,12 @@ class ActionLedger:
         here = socket.gethostname()
         return [Claim.from_row(row) for row in rows if not (row["host"] == here and process_alive(row["pid"]))]
 
+    def in_state(self, state: LedgerState) -> list[Claim]:
+        """Every row in `state`, oldest claim first (e.g. timed_out actions to ask the vendor about again)."""
+        with self.db.transaction(write=False) as conn:
+            rows = conn.execute("SELECT * FROM actions WHERE state=? ORDER BY claimed_at", (state,)).fetchall()
+        return [Claim.from_row(row) for row in rows]
+
     @staticmethod
     def _row(conn: sqlite3.Connection, key: str) -> sqlite3.Row | None:
         return conn.execute("SELECT * FROM actions WHERE key=?", (key,)).fetchone()

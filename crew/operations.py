@@ -62,12 +62,13 @@ class RunSummary:
     errors: list[str] = field(default_factory=list)
     rejected_inputs: list[str] = field(default_factory=list)  # alert inputs that could not be read
     writeback_pending: list[str] = field(default_factory=list)  # write-backs still in the outbox
+    containment_unconfirmed: list[str] = field(default_factory=list)  # endpoint actions the vendor has not confirmed
     checkpoint: str | None = None
 
     @property
     def incomplete(self) -> bool:
         """Something needs an operator: an alert failed, an input was unreadable or a write-back is pending."""
-        return bool(self.failed or self.rejected_inputs or self.writeback_pending)
+        return bool(self.failed or self.rejected_inputs or self.writeback_pending or self.containment_unconfirmed)
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -367,6 +368,42 @@ def drain_outbox(rt: Runtime, now: float | None = None) -> list[OutboxItem]:
     return rt.outbox.pending()
 
 
+def reconcile_containment(rt: Runtime) -> list[str]:
+    """Endpoint actions that timed out waiting for the vendor's confirmation: ask the vendor again (the recorded
+    ticket is polled, never re-sent) and record what it says; returns those it still has not confirmed."""
+    from siemcrew.crew.executor import ENDPOINT_ACTIONS
+    from siemcrew.tools.endpoint import edr_action
+
+    unconfirmed: list[str] = []
+    for claim in rt.ledger.in_state("timed_out") if rt.edr else []:
+        case_id, action = claim.key.split(":", 2)[:2]
+        try:
+            case = rt.cases.get(case_id)
+        except KeyError:
+            continue
+        proposal = next((p for p in case.proposals if p.key(case.id) == claim.key), None)
+        ask = edr_action(rt, proposal, "", case, timeout_s=0.0) if proposal and action in ENDPOINT_ACTIONS else None
+        if ask is None:
+            continue
+        try:
+            state, executor, detail, ticket = ask()
+        except Exception as exc:  # noqa: BLE001 - the vendor could not be asked: still unconfirmed, asked next time
+            unconfirmed.append(f"{claim.key}: the vendor could not be asked ({type(exc).__name__}: {exc})"[:300])
+            continue
+        rt.ledger.update(claim.key, state, detail, ticket=ticket)
+        rt.audit.append("action_reconciled", "system", {"key": claim.key, "state": state, "detail": detail[:500]},
+                        case_id=case.id)
+        case.results = [r.model_copy(update={"state": state, "detail": detail, "executor": executor,
+                                             "ticket": ticket or r.ticket}) if r.key == claim.key else r
+                        for r in case.results]
+        rt.cases.save(case)
+        if state == "timed_out":
+            unconfirmed.append(f"{claim.key}: {detail}"[:300])
+        else:
+            rt.publish(case)
+    return unconfirmed
+
+
 def run(rt: Runtime, limit: int = 100, progress: Callable[[Alert], None] | None = None) -> RunSummary:
     """Cron mode: fetch since the checkpoint, investigate, advance the checkpoint, summarize.
 
@@ -376,6 +413,7 @@ def run(rt: Runtime, limit: int = 100, progress: Callable[[Alert], None] | None 
     summary = RunSummary()
     with run_lock(rt.settings.home_path / "run.lock"):
         drain_outbox(rt, now=float("inf"))  # a run (cron spaces them) tries every pending write-back first
+        summary.containment_unconfirmed = reconcile_containment(rt)
         unfinished = rt.cases.list(status="investigating") + rt.cases.list(status="new") + rt.cases.list(status="failed")
         for case in (c for c in unfinished if retryable(c)):
             try:
@@ -420,5 +458,5 @@ def run(rt: Runtime, limit: int = 100, progress: Callable[[Alert], None] | None 
     return summary
 
 
-__all__ = ["ApprovalError", "LockBusy", "RerunError", "RunSummary", "decide", "drain_outbox", "halt_case", "investigate", "propose",
+__all__ = ["ApprovalError", "LockBusy", "RerunError", "RunSummary", "decide", "drain_outbox", "halt_case", "investigate", "propose", "reconcile_containment",
            "rerun", "resume", "run", "run_case"]

@@ -23,7 +23,8 @@ AID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
 ENV = {"FALCON_CLIENT_ID": CLIENT_ID, "FALCON_CLIENT_SECRET": CLIENT_SECRET}
 
 
-def _falcon_config(tmp_path: Path, monkeypatch, falcon: FalconEmulator, covered: str) -> Path:
+def _falcon_config(tmp_path: Path, monkeypatch, falcon: FalconEmulator, covered: str,
+                   action_timeout_s: float = 20) -> Path:
     """The demo's events with `executor: edr` and Falcon covering the hosts that match `covered`."""
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
@@ -31,7 +32,7 @@ def _falcon_config(tmp_path: Path, monkeypatch, falcon: FalconEmulator, covered:
     config.write_text(yaml.safe_dump({
         "home": str(tmp_path / "home"), "source": "local", "executor": "edr",
         "local": {"events": [str(EXAMPLES / "events")]},
-        "edr": {"action_timeout_s": 20, "poll_interval_s": 0.05,
+        "edr": {"action_timeout_s": action_timeout_s, "poll_interval_s": 0.05,
                 "crowdstrike": {"base_url": falcon.base_url, "verify": False},
                 "coverage": [{"hosts": [covered], "vendor": "crowdstrike"}]},
     }), encoding="utf-8")
@@ -110,3 +111,34 @@ def test_under_executor_edr_a_host_no_edr_covers_is_a_failed_action_not_a_dry_ru
         assert falcon.contain_requests() == []
     finally:
         falcon.stop()
+
+
+def test_a_containment_that_timed_out_is_asked_about_again_by_the_next_run(tmp_path: Path, monkeypatch) -> None:
+    """The vendor does not confirm within the timeout: the action is reported timed_out, never assumed. The next
+    run asks the vendor about the same ticket (nothing is re-sent) and records what it says."""
+    from siemcrew.crew.operations import decide, run
+
+    falcon = FalconEmulator()
+    falcon.add_device(AID, HOST, local_ip="10.10.20.12")
+    falcon.lifecycle.outcome = "never"
+    falcon.start()
+    try:
+        rt, case = _investigate_stager(_falcon_config(tmp_path, monkeypatch, falcon, "WS-*", action_timeout_s=0.3))
+        for pending in rt.approvals.pending(case.id):
+            decision = "approve" if pending.action == "isolate_host" else "deny"
+            _, case = decide(rt, case.id, pending.action, decision, by="alice", reason="reviewed", target=pending.target)
+        isolate = next(r for r in case.results if r.action == "isolate_host")
+        assert isolate.state == "timed_out" and len(falcon.contain_requests()) == 1
+        falcon.lifecycle.outcome = "succeed"
+        summary = run(rt)
+        assert summary.containment_unconfirmed == []
+        again = next(r for r in rt.cases.get(case.id).results if r.action == "isolate_host")
+        assert again.state == "done" and again.ticket == isolate.ticket
+        assert rt.ledger.get(isolate.key).state == "done" and len(falcon.contain_requests()) == 1
+        assert any(r["kind"] == "action_reconciled" for r in audit_lines(rt))
+    finally:
+        falcon.stop()
+
+
+def audit_lines(rt: Runtime) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (rt.settings.home_path / "audit.jsonl").read_text().splitlines() if line.strip()]

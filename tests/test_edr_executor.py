@@ -236,11 +236,26 @@ def test_write_timeout_then_retry_never_sends_twice(
     rig.connector.health()  # fetch the token first: only the contain POST is slow
     falcon_emulator.delay_next(0.5, method="POST")
     store = SqliteIdempotencyStore()
-    with pytest.raises(ConnectorError, match="timed out"):
-        executor.execute(rig.connector, "contain", rig.host, COMMENT, store, "k-timeout")
-    assert store.get("k-timeout") is None  # unknown outcome is not recorded as sent...
     ticket = executor.execute(rig.connector, "contain", rig.host, COMMENT, store, "k-timeout")
-    assert ticket.state == "done" and rig.contain_requests() == 1  # ...and the retry finds it in flight
+    # the answer was lost, but the vendor's host state shows the containment: recorded and watched, not resent
+    assert ticket.state == "done" and rig.contain_requests() == 1
+    assert store.get("k-timeout")["state"] == "done"
+    again = executor.execute(rig.connector, "contain", rig.host, COMMENT, store, "k-timeout")
+    assert again.state == "done" and rig.contain_requests() == 1
+
+
+def test_a_refused_send_that_did_not_land_is_an_error_and_nothing_is_recorded(
+    falcon_emulator: Any, sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch, executor: ContainmentExecutor
+) -> None:
+    rig = _falcon(falcon_emulator, sleeps, monkeypatch)
+    rig.connector.health()
+    # the host's state is read first (device, online state, alerts), then the send is refused
+    falcon_emulator.fail_next(falcon_emulator.error(500, "internal error"), after=3)
+    store = SqliteIdempotencyStore()
+    with pytest.raises(ConnectorError, match="internal error"):
+        executor.execute(rig.connector, "contain", rig.host, COMMENT, store, "k-refused")
+    assert store.get("k-refused") is None and rig.connector.host_context(rig.host).containment == "normal"
+    assert rig.contain_requests() == 1  # refused, read back, not resent
 
 
 def test_bad_arguments_are_refused(executor: ContainmentExecutor) -> None:
@@ -257,3 +272,4 @@ def test_sqlite_store_is_shared_through_the_file(tmp_path: Path) -> None:
     other = SqliteIdempotencyStore(tmp_path / "t.db")
     assert other.get("k") == {"state": "done", "ticket_id": "a"}
     assert other.get("missing") is None
+

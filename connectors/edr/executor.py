@@ -10,8 +10,9 @@ Three rules, in this order:
 3. The ticket is recorded BEFORE polling, and after every change; polling ends at done or failed,
    or at the deadline as `timed_out` — reported, never assumed.
 
-A send that raises is not recorded: the vendor refused it or may not have received it, and the
-next attempt re-reads the vendor state (rule 2) before sending anything.
+A send that raises is checked at once against the vendor's host state (`_reread`): if the host shows the
+action landed or in flight, that is recorded and watched; if not, the send did not land and the error
+stands, unrecorded, so the next attempt re-reads the vendor state (rule 2) before sending anything.
 """
 
 from __future__ import annotations
@@ -117,7 +118,10 @@ class ContainmentExecutor:
             if ticket.state in FINAL:
                 return ticket
         else:
-            ticket = self._start(connector, action, host, comment, pid)
+            try:
+                ticket = self._start(connector, action, host, comment, pid)
+            except ConnectorError as exc:
+                ticket = self._reread(connector, action, host, exc)
             idempotency.put(key, ticket.model_dump(mode="json"))
         return self._poll(connector, ticket, idempotency, key, timeout, interval)
 
@@ -150,6 +154,24 @@ class ContainmentExecutor:
         if action == "release":
             return connector.release(host, comment)
         return connector.kill_process(host, int(pid or 0), comment)
+
+    @staticmethod
+    def _reread(connector: EdrConnector, action: Action, host: HostRef, error: ConnectorError) -> ActionTicket:
+        """A send that failed or got no answer may still have landed: the vendor's host state says. Contained
+        (or released) -> done; in flight -> watched; neither -> the send did not land, and the error stands
+        (nothing is recorded, so a later attempt reads the state again before sending)."""
+        if action not in TARGET_STATE:
+            raise error
+        try:
+            current = connector.host_context(host).containment
+        except ConnectorError:
+            raise error from None
+        in_flight = {"contain": "pending", "release": "release_pending"}[action]
+        if current not in (TARGET_STATE[action], in_flight):
+            raise error
+        ticket = ActionTicket(vendor=connector.name, action=action, host_id=host.id, ticket_id=f"{OBSERVED}{host.id}",
+                              detail=f"the send failed ({error}); the vendor shows the host {current}")
+        return ticket_from_state(ticket, current)
 
     def _poll(
         self,

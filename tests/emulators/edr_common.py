@@ -74,6 +74,7 @@ class EmulatorServer:
         self.routes: list[tuple[str, re.Pattern[str], Handler, bool]] = []
         self.log: list[Request] = []
         self.faults: list[Reply] = []
+        self.faults_after = 0  # requests served normally before the next fault
         self.delays: list[tuple[float, str | None]] = []
         self.window_limit: tuple[int, float] | None = None
         self.lifecycle = Lifecycle()
@@ -103,10 +104,12 @@ class EmulatorServer:
         """Route `method path-regex` to `handler`; `public` routes (token endpoints) skip auth."""
         self.routes.append((method, re.compile(f"^{pattern}$"), handler, public))
 
-    def fail_next(self, *replies: Reply) -> None:
-        """Answer the next requests with these replies before any routing (after the log)."""
+    def fail_next(self, *replies: Reply, after: int = 0) -> None:
+        """Answer the next requests with these replies before any routing (after the log); with `after=k` the
+        next k requests are served normally first (so a fault can land on a send rather than a read)."""
         with self.lock:
             self.faults.extend(replies)
+            self.faults_after = after
 
     def delay_next(self, seconds: float, method: str | None = None) -> None:
         """Process the next (`method`) request normally but answer only after `seconds` (client timeouts)."""
@@ -134,7 +137,9 @@ class EmulatorServer:
     def _dispatch(self, request: Request) -> Reply:
         with self.lock:
             self.log.append(request)
-            if self.faults:
+            if self.faults and self.faults_after > 0:
+                self.faults_after -= 1
+            elif self.faults:
                 return self.decorate(self.faults.pop(0))
             limited = self._rate_limited()
             if limited is not None:
