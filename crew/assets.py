@@ -167,8 +167,8 @@ def same_host(a: str, b: str) -> bool:
 
 
 def same_account(a: str, b: str) -> bool:
-    """One account: the same name, and the same domain unless one side names none (`pgustavo` is
-    `THESHIRE\\pgustavo`); a NetBIOS domain matches its DNS name's first label (`THESHIRE` ~ `theshire.local`)."""
+    """One account: the same name, and the same domain unless one side names none (`jdoe` is
+    `CORP\\jdoe`); a NetBIOS domain matches its DNS name's first label (`CORP` ~ `corp.example`)."""
     (name_a, domain_a), (name_b, domain_b) = split_user(a), split_user(b)
     return name_a == name_b and (domain_a is None or domain_b is None or domain_a.split(".")[0] == domain_b.split(".")[0])
 

@@ -213,8 +213,8 @@ class ResponsePolicy:
         return self.config.actions.get(action, self.config.default)
 
     def one_per_target(self, proposals: list[ActionProposal]) -> list[ActionProposal]:
-        """The first proposal per action and target as the target's kind reads it (`pgustavo` and
-        `THESHIRE\\pgustavo`, `WS-01` and `ws-01.corp.local` are one each), so an approver is never
+        """The first proposal per action and target as the target's kind reads it (`jdoe` and
+        `CORP\\jdoe`, `WS-01` and `ws-01.corp.local` are one each), so an approver is never
         asked twice to act on one account or host, and a decision is never split between two spellings."""
         kept: list[ActionProposal] = []
         for proposal in proposals:
