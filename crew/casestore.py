@@ -18,7 +18,7 @@ from typing import Iterator
 
 from siemcrew.crew.indicators import short_host
 from siemcrew.crew.ledger import process_alive
-from siemcrew.crew.models import Alert, Case, TimeRange
+from siemcrew.crew.models import STORED, Alert, Case, TimeRange
 from siemcrew.crew.timeutil import iso, utcnow
 
 log = logging.getLogger("siemcrew")
@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS intake_keys (
 CREATE TABLE IF NOT EXISTS leases (
   case_id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, expires REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS grouped_alerts (
+  alert_id TEXT PRIMARY KEY, case_id TEXT NOT NULL, body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS grouped_alerts_case ON grouped_alerts (case_id);
 CREATE TABLE IF NOT EXISTS quarantine (
   id TEXT PRIMARY KEY, body TEXT NOT NULL, error TEXT NOT NULL, at TEXT NOT NULL
 );
@@ -45,6 +49,9 @@ LEASE_SECONDS = 1800.0
 GROUP_WINDOW = timedelta(hours=1)
 RELATED_MARGIN = timedelta(days=1)
 OPEN = ("new", "investigating", "awaiting_approval")
+ALERTS_IN_CASE = 25
+"""Duplicates a case body keeps; a noisy rule's further duplicates are kept beside it (`grouped_alerts`) and
+still written back with the case, so the body a flow loads and saves stays small however often a rule fires."""
 
 
 def case_id_for(alert: Alert) -> str:
@@ -111,9 +118,17 @@ class CaseStore:
             same = [c for c in found if c is not None and actor_of(c.alert) == actor_of(alert)]
             if same:
                 case = same[0]
-                case.alerts.append(alert)
-                case.note("intake", "alert_grouped", alert.id)
-                self._save(db, case)
+                if len(case.alerts) < ALERTS_IN_CASE:
+                    case.alerts.append(alert)
+                    case.note("intake", "alert_grouped", alert.id)
+                else:
+                    db.execute("INSERT INTO grouped_alerts VALUES (?, ?, ?)",
+                               (f"{alert.source}:{alert.id}", case.id, alert.model_dump_json()))
+                    if not case.alerts_beyond:
+                        case.note("intake", "alerts_grouped_beyond",
+                                  f"more than {ALERTS_IN_CASE} duplicates: further ones are kept beside the case")
+                    case.alerts_beyond += 1
+                self._save(db, case, merged=True)
                 db.execute("INSERT INTO alerts VALUES (?, ?, ?)", (f"{alert.source}:{alert.id}", case.id, iso(alert.timestamp)))
                 return case, False
             case = Case(id=case_id_for(alert), alerts=[alert])
@@ -159,15 +174,17 @@ class CaseStore:
         with self._tx() as db:
             self._save(db, case)
 
-    def _save(self, db: sqlite3.Connection, case: Case) -> None:
-        # Alerts grouped into the case by intake while a flow was running must survive the flow's save.
-        row = db.execute("SELECT body FROM cases WHERE id = ?", (case.id,)).fetchone()
+    def _save(self, db: sqlite3.Connection, case: Case, merged: bool = False) -> None:
+        """Write the case; unless it was just read in this transaction (`merged`), alerts grouped into it by
+        intake while a flow was running are merged in first, so the flow's save cannot drop them."""
+        row = None if merged else db.execute("SELECT body FROM cases WHERE id = ?", (case.id,)).fetchone()
         stored = self._read(db, case.id, row[0]) if row else None
         if stored is not None:
             known = {(a.source, a.id) for a in case.alerts}
             for alert in stored.alerts:
                 if (alert.source, alert.id) not in known:
                     case.alerts.append(alert)
+            case.alerts_beyond = max(case.alerts_beyond, stored.alerts_beyond)
         db.execute(
             "INSERT INTO cases (id, status, verdict, host, rule, alert_time, flow_id, updated, body) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status=excluded.status, "
@@ -191,13 +208,26 @@ class CaseStore:
         version, damaged, or a payload past today's limits) to the quarantine: one bad row must never stop
         listing, `run` or `serve`. `quarantined()` lists them (doctor shows them)."""
         try:
-            return Case.model_validate_json(body)
+            return Case.model_validate_json(body, context={STORED: True})
         except (ValueError, RecursionError) as exc:  # pydantic's ValidationError is a ValueError
             error = " ".join(str(exc).split())[:500]
             log.error("case %s cannot be read and is quarantined: %s", case_id, error)
             db.execute("INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?)", (case_id, body, error, iso(utcnow())))
             db.execute("DELETE FROM cases WHERE id = ?", (case_id,))
             return None
+
+    def alerts_beyond(self, case_id: str, page: int = 500) -> Iterator[Alert]:
+        """The duplicates kept beside a case body (ALERTS_IN_CASE), in pages: a write-back reaches every one."""
+        last = ""
+        while True:
+            with self._tx() as db:
+                rows = db.execute("SELECT alert_id, body FROM grouped_alerts WHERE case_id = ? AND alert_id > ? "
+                                  "ORDER BY alert_id LIMIT ?", (case_id, last, page)).fetchall()
+            for _, body in rows:
+                yield Alert.model_validate_json(body, context={STORED: True})
+            if len(rows) < page:
+                return
+            last = rows[-1][0]
 
     def quarantined(self) -> list[dict[str, str]]:
         with self._tx() as db:

@@ -7,6 +7,7 @@ executor records exactly what would have been done.
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any, Callable
 
 from siemcrew.connectors.base import AlertUpdate, ConnectorError
@@ -94,7 +95,8 @@ class ActionExecutor:
         update = AlertUpdate(status=status,
                              verdict=case.verdict, comment=f"{comment}: {case.verdict} ({case.confidence}). {case.summary}"[:4000],
                              summary=case.summary[:4000], report_link=self.rt.report_link(case), retry=retry)
-        for item in case.alerts if proposal.action != "update_alert" else [alert]:
+        targets = [alert] if proposal.action == "update_alert" else chain(case.alerts, self.rt.cases.alerts_beyond(case.id))
+        for item in targets:
             siem.update_alert(item, update)
         return "done", siem.name, f"{proposal.action}: alert(s) set to {update.status}", None
 

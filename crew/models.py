@@ -37,6 +37,10 @@ MAX_PAYLOAD_DEPTH = 32  # Splunk results and Elastic alert documents nest a hand
 MAX_PAYLOAD_BYTES = 1_000_000
 
 
+STORED = "stored"
+"""Validation context key for a body read back from siemcrew's own store (checked at intake already)."""
+
+
 def payload_depth(value: Any, stop: int) -> int:
     """How deeply lists and objects nest in `value` (iteratively, and no further than stop + 1)."""
     deepest, todo = 0, [(value, 1)]
@@ -164,7 +168,10 @@ class Alert(Model):
     @classmethod
     def _bounded(cls, value: Any, info: Any) -> Any:
         """Refused at the edge, naming the limit: a payload nested or sized past what any SIEM sends would
-        be stored, and then no one could read the case back (JSON and pydantic recursion limits)."""
+        be stored, and then no one could read the case back (JSON and pydantic recursion limits). Bodies read
+        back from siemcrew's own store (context STORED) passed this check at intake and are not walked again."""
+        if info.context and info.context.get(STORED):
+            return value
         depth = payload_depth(value, MAX_PAYLOAD_DEPTH)
         if depth > MAX_PAYLOAD_DEPTH:
             raise ValueError(f"{info.field_name} nests deeper than {MAX_PAYLOAD_DEPTH} levels (the limit for an alert)")
@@ -378,6 +385,8 @@ class Case(Model):
     confidence: Confidence = "low"
     summary: str = ""
     alerts: list[Alert] = Field(default_factory=list)
+    alerts_beyond: int = 0
+    """Duplicates grouped into this case beyond those its body keeps (crew/casestore.py ALERTS_IN_CASE)."""
     round: int = 0
     evidence: list[Evidence] = Field(default_factory=list)
     findings: list[Finding] = Field(default_factory=list)

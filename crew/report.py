@@ -24,6 +24,8 @@ def render_markdown(case: Case) -> str:
         "",
         f"- **Status:** {case.status}  **Verdict:** {case.verdict} ({case.confidence})",
         f"- **Alert:** `{_md_escape(alert.id)}` from {alert.source}, severity {alert.severity}, at {iso(alert.timestamp)}",
+        *([f"- **Duplicates grouped:** {len(case.alerts) - 1 + case.alerts_beyond} more alerts of this detection"]
+          if len(case.alerts) > 1 or case.alerts_beyond else []),
         f"- **Techniques:** {', '.join(alert.techniques) or '-'}",
         f"- **Affected hosts:** {', '.join(case.affected_hosts) or '-'}",
         f"- **Affected accounts:** {', '.join(case.affected_users) or '-'}",

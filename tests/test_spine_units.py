@@ -258,6 +258,40 @@ def test_executor_retries_a_failed_write_back_but_never_repeats_a_done_one(tmp_p
     assert calls == ["a1", "a1"]
 
 
+
+def test_a_noisy_rule_keeps_the_case_body_small_and_every_duplicate_is_written_back(tmp_path: Path) -> None:
+    """60 duplicates of one detection: the body keeps ALERTS_IN_CASE, the rest beside it (O(1) per intake, not a
+    case growing with every firing), and closing the case writes back to all 60 alerts."""
+    from types import SimpleNamespace
+
+    from siemcrew.crew.audit import AuditLog
+    from siemcrew.crew.casestore import ALERTS_IN_CASE
+    from siemcrew.crew.executor import ActionExecutor
+    from siemcrew.crew.ledger import ActionLedger
+    from siemcrew.crew.models import ActionProposal
+    from siemcrew.crew.outbox import Outbox
+
+    store = CaseStore(tmp_path / "cases.db")
+    ids = [f"n{n:02d}" for n in range(60)]
+    for n, alert_id in enumerate(ids):
+        case, new = store.admit(_alert(id=alert_id, timestamp=T0 + timedelta(seconds=n)))
+        assert new == (n == 0)
+    case = store.get(case.id)
+    assert len(case.alerts) == ALERTS_IN_CASE and case.alerts_beyond == 60 - ALERTS_IN_CASE
+    assert [e.event for e in case.timeline].count("alerts_grouped_beyond") == 1
+    assert store.admit(_alert(id="n59"))[1] is False  # a repeat is still known, not grouped twice
+    assert store.get(case.id).alerts_beyond == 60 - ALERTS_IN_CASE
+
+    written: list[str] = []
+    siem = SimpleNamespace(name="fake", update_alert=lambda alert, update: written.append(alert.id))
+    rt = SimpleNamespace(ledger=ActionLedger(tmp_path / "ledger.db"), audit=AuditLog(tmp_path / "audit.jsonl"),
+                         outbox=Outbox(tmp_path / "outbox.db"), siem=siem, cases=store,
+                         settings=SimpleNamespace(executor="dry-run"), report_link=lambda case: "x")
+    case.verdict = "benign"
+    result = ActionExecutor(rt).execute(case, ActionProposal(action="close_alert", target=case.id, args={}), None)
+    assert result.state == "done" and sorted(written) == ids
+
+
 def test_one_worker_per_case_and_dead_workers_leases_are_taken_over(tmp_path: Path) -> None:
     import sqlite3
     import subprocess
