@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -178,13 +179,17 @@ def investigate(alert: str = typer.Option(..., "--alert", "-a", help="Alert JSON
     try:
         text = sys.stdin.read() if alert == "-" else Path(alert).read_text(encoding="utf-8")
         data = json.loads(text)
-        alerts = [Alert.model_validate(item) for item in (data if isinstance(data, list) else [data])]
+        items = deque(data if isinstance(data, list) else [data])
+        del text, data
+        for item in items:  # every alert is checked before any is investigated; models are made one at a time
+            Alert.model_validate(item)
     except (OSError, ValueError, ValidationError) as exc:
         console.print(f"[red]bad alert input:[/red] {str(exc)[:800]}")
         raise typer.Exit(EXIT_ERROR) from None
     rt = _runtime(config)
     rows = []  # one summary row per case, not the cases: a long list keeps memory flat
-    for item in alerts:
+    while items:
+        item = Alert.model_validate(items.popleft())  # dropped from the list as it is taken
         try:
             rows.append(_case_row(investigate_alert(rt, item)))
         except Exception as exc:  # noqa: BLE001 - the case is marked failed and audited; say why, briefly

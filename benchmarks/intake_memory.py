@@ -135,9 +135,9 @@ def http_intake(count: int) -> dict[str, Any]:
                     time.sleep(0.25)
                 admitted_s = time.perf_counter() - started
         finally:
-            sampler.stop()
             server.terminate()
             server.wait(30)
+            sampler.stop()
         return {"alerts": count, "body_mb": round(len(json.dumps(body)) / 2**20, 1),
                 "seconds_to_202": round(accepted_s, 2), "seconds_all_admitted": round(admitted_s, 1),
                 "job_state": state.get("state"), "admitted": state.get("admitted"),
