@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from siemcrew.crew import sqldialect
 from siemcrew.crew.sqldialect import AdvisoryLocks, FileLocks, SessionLocks
-from siemcrew.crew.tables import SCHEMA_VERSION, schema_versions
+from siemcrew.crew.tables import SCHEMA_VERSION, metadata, schema_versions
 from siemcrew.crew.timeutil import iso, utcnow
 
 
@@ -66,8 +66,7 @@ def dispose_all() -> None:
         shared = list(_SHARED.values())
         _SHARED.clear()
     for item in shared:
-        for name in list(item.locks._held):
-            item.locks.release(name)
+        item.locks.release_all()
         item.engine.dispose()
 
 
@@ -89,7 +88,7 @@ class Database:
         """What error messages name: the SQLite file, or the PostgreSQL URL without its password."""
         self.locks = locks
         self.readonly = readonly
-        self._shared = shared
+        """Creates nothing (doctor, `audit verify`): no tables, no schema row; SQLite opens the file read-only."""
         self._ensured: set[str] = shared.ensured if shared is not None else set()
 
     @classmethod
@@ -118,10 +117,6 @@ class Database:
             return cls.postgres(target, store)
         return cls.sqlite(target, store, busy_timeout_s)
 
-    @property
-    def dialect(self) -> str:
-        return self.engine.dialect.name
-
     # -- schema --------------------------------------------------------------------------------
     def ensure(self, tables: Sequence[Table]) -> None:
         """Create this store's tables if they are missing and record its schema version; refuse a database
@@ -129,8 +124,6 @@ class Database:
         are serialized by an advisory lock, so workers starting together do not race)."""
         if self.readonly or self.store in self._ensured:
             return
-        from siemcrew.crew.tables import metadata
-
         try:
             with self.engine.connect() as conn:
                 sqldialect.mark_write(conn, True)

@@ -196,6 +196,10 @@ class AdvisoryLocks:
         finally:
             conn.close()
 
+    def release_all(self) -> None:
+        for name in list(self._held):
+            self.release(name)
+
     def forget(self) -> None:
         """After fork: the parent's held connections are not this process's to use or close."""
         self._held = {}

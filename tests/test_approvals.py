@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
