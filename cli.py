@@ -69,6 +69,13 @@ def _runtime(config: Optional[Path], **overrides: Any) -> Any:
         raise typer.Exit(EXIT_ERROR) from None
 
 
+def _storage(config: Optional[Path]) -> Any:
+    """Where the configured state lives (crew/storage.py): the home's SQLite files or the database."""
+    from siemcrew.crew.storage import Storage
+
+    return Storage.from_settings(_settings(config))
+
+
 def _emit(data: Any, as_json: bool, human: Callable[[], None]) -> None:
     if as_json:
         _out().write(json.dumps(data, indent=2, default=str) + "\n")
@@ -226,13 +233,10 @@ def cases_list(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
                status: Optional[str] = typer.Option(None, help="Only cases in this status; writeback_pending: "
                                                               "cases with a write-back not yet in the SIEM.")) -> None:
     """List cases, newest alert first."""
-    from siemcrew.crew.casestore import CaseStore
-    from siemcrew.crew.outbox import Outbox
-
-    settings = _settings(config)
-    store = CaseStore(settings.home_path / "cases.db")
+    storage = _storage(config)
+    store = storage.cases()
     if status == "writeback_pending":
-        waiting = {item.case_id for item in Outbox(settings.home_path / "outbox.db").pending()}
+        waiting = {item.case_id for item in storage.outbox().pending()}
         cases = [c for c in store.list() if c.id in waiting]
     else:
         cases = store.list(status=status)
@@ -249,11 +253,8 @@ def cases_show(case_id: str, config: Optional[Path] = ConfigOpt, as_json: bool =
 
 
 def _load_case(config: Optional[Path], case_id: str) -> Any:
-    from siemcrew.crew.casestore import CaseStore
-
-    settings = _settings(config)
     try:
-        return CaseStore(settings.home_path / "cases.db").get(case_id)
+        return _storage(config).cases().get(case_id)
     except KeyError:
         console.print(f"[red]no such case:[/red] {case_id}")
         raise typer.Exit(EXIT_ERROR) from None
@@ -281,10 +282,7 @@ def report(case_id: str, config: Optional[Path] = ConfigOpt, as_json: bool = Jso
 @app.command()
 def approvals(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """List actions awaiting a human decision."""
-    from siemcrew.crew.approvals import ApprovalStore
-
-    settings = _settings(config)
-    pending = ApprovalStore(settings.home_path / "approvals.db").pending()
+    pending = _storage(config).approvals().pending()
     _emit([p.model_dump(mode="json") for p in pending], as_json, lambda: _pending_table(pending))
 
 
@@ -342,13 +340,14 @@ def propose(case_id: str, action: str, target: str = typer.Option(..., help="Hos
 
 @audit_app.command("verify")
 def audit_verify(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
-                 path: Optional[Path] = typer.Option(None, help="Audit log file (default: <home>/audit.jsonl; "
-                                                     "a copy given here is checked on its own, without the home's "
-                                                     "approvals.db and ledger.db).")) -> None:
+                 path: Optional[Path] = typer.Option(None, help="Audit log file (default: <home>/audit.jsonl, or the "
+                                                     "audit_log table when `database:` is set; a copy given here is "
+                                                     "checked on its own, without the approvals and the ledger).")) -> None:
     """Prove the audit log intact and every executed action accounted for (a policy decision or an
-    approval in the log, agreeing with approvals.db and ledger.db); names the first bad record otherwise."""
+    approval in the log, agreeing with the approval store and the ledger); names the first bad record otherwise."""
     from siemcrew.config.settings import SettingsError
     from siemcrew.crew.auditcheck import verify_accounted
+    from siemcrew.crew.storage import Storage
 
     settings = _settings(config)
     try:
@@ -356,8 +355,9 @@ def audit_verify(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
     except SettingsError as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(EXIT_ERROR) from None
-    target = path or settings.home_path / "audit.jsonl"
-    result = verify_accounted(target, key=key, stores=None if path else settings.home_path)
+    storage = Storage.from_settings(settings)
+    result = verify_accounted(path, key=key) if path else verify_accounted(storage.audit_source(), key=key,
+                                                                          stores=storage)
 
     def human() -> None:
         if result.ok:
@@ -474,7 +474,15 @@ def main() -> None:
 
     _STDOUT[0] = sys.stdout
     with contextlib.redirect_stdout(sys.stderr):
-        app()
+        try:
+            app()
+        except Exception as exc:
+            from siemcrew.crew.database import StoreError
+
+            if not isinstance(exc, StoreError):
+                raise
+            console.print("[red]state database:[/red]", escape(str(exc)))  # names the URL without its password
+            sys.exit(EXIT_ERROR)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_DIR = Path(__file__).resolve().parent
@@ -132,6 +132,38 @@ class AuditSettings(Section):
 
 
 AUDIT_KEY_MIN_BYTES = 32
+DATABASE_DRIVERS = ("postgresql", "postgresql+psycopg")
+
+
+class DatabaseSettings(Section):
+    """The state database when the home's SQLite files are outgrown: a PostgreSQL URL
+    (`postgresql+psycopg://siemcrew@db.example:5432/siemcrew`). The password never sits in the URL: it is
+    read from `password_env` or `password_file` at connect time (or libpq's own PGPASSWORD / ~/.pgpass)."""
+
+    url: str
+    password_env: str | None = "SIEMCREW_DATABASE_PASSWORD"
+    password_file: str | None = None
+    pool_size: int = Field(default=5, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _url(self) -> "DatabaseSettings":
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(self.url)
+        except (ArgumentError, ValueError):
+            raise SettingsError("database.url is not a database URL (postgresql+psycopg://user@host:5432/name)") from None
+        if url.drivername not in DATABASE_DRIVERS:
+            raise SettingsError(f"database.url: {url.drivername!r} is not supported; use postgresql+psycopg://… "
+                                "(leave `database:` out for the embedded SQLite files in the home)")
+        if url.password is not None:
+            raise SettingsError("database.url must not hold the password: put it in the environment variable named "
+                                "by database.password_env, or in database.password_file")
+        return self
+
+    def password(self) -> str | None:
+        return secret(self.password_env, self.password_file)
 
 
 class Settings(BaseSettings):
@@ -149,6 +181,8 @@ class Settings(BaseSettings):
     investigation: InvestigationSettings = Field(default_factory=InvestigationSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    database: DatabaseSettings | None = None
+    """None (the default): SQLite files and the audit file in the home, no set-up."""
     executor: Literal["dry-run", "edr"] = "dry-run"
     approval_ttl_seconds: int = 24 * 3600
     agents_file: str | None = None
@@ -157,6 +191,14 @@ class Settings(BaseSettings):
     policy_file: str | None = None
     assets_file: str | None = None
     config_path: str | None = None
+
+    @field_validator("database", mode="before")
+    @classmethod
+    def _database_url(cls, value: Any) -> Any:
+        """`database: <url>` is short for `database: {url: <url>}`; an empty value is the embedded default."""
+        if isinstance(value, str):
+            return {"url": value} if value.strip() else None
+        return value
 
     @model_validator(mode="after")
     def _source_configured(self) -> "Settings":
@@ -223,6 +265,8 @@ class Settings(BaseSettings):
             setattr(self, name, fix(getattr(self, name)))
         self.investigation.sigma_rules_dir = fix(self.investigation.sigma_rules_dir)
         self.audit.key_file = fix(self.audit.key_file)
+        if self.database is not None:
+            self.database.password_file = fix(self.database.password_file)
 
     # -- derived locations -------------------------------------------------------------------
     @property

@@ -1,11 +1,11 @@
-"""Bound approvals: a human's yes or no to one exact action, stored in SQLite and shared across processes.
+"""Bound approvals: a human's yes or no to one exact action, stored in the state database, shared across processes.
 
 A request records the case, action, target and the sha256 of the canonical arguments that the policy
 evaluated. A decision binds to exactly that sha256: if the responder later changes any argument,
 the approval no longer applies (`valid_for` returns None) and a new request is needed. Approvals
 expire. A newer request for the same (case, action, target) with other arguments supersedes the old
-pending one, so at most one request per target is pending. Deciding runs in a BEGIN IMMEDIATE
-transaction: of two processes deciding the same request, exactly one wins; the other gets an
+pending one, so at most one request per target is pending. Deciding runs in a write transaction
+that queues behind every other writer (crew/database.py): of two processes deciding the same request, exactly one wins; the other gets an
 ApprovalError ("already decided").
 
 A denied request stays denied: requesting the same exact action again returns the decided request
@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
+from sqlalchemy import Connection, Select, select, update
 
-from siemcrew.crew.ledger import SqliteFile
+from siemcrew.crew.database import Database
 from siemcrew.crew.models import ActionProposal, Approval, Model, PolicyDecision, canonical_json
+from siemcrew.crew.tables import APPROVAL_TABLES, approval_decisions, approval_requests
 from siemcrew.crew.timeutil import iso, parse_time, utcnow
 
 RequestState = Literal["pending", "decided", "superseded"]
@@ -40,41 +41,6 @@ SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 class ApprovalError(ValueError):
     """An approval call that cannot be honoured: nothing pending, ambiguous, already decided, bad input."""
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS approval_requests (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    case_id TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    args_sha256 TEXT NOT NULL,
-    args TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    policy_reasons TEXT NOT NULL,
-    requested_at TEXT NOT NULL,
-    flow_id TEXT,
-    state TEXT NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS approval_one_pending
-    ON approval_requests (case_id, action, target) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS approval_requests_by_key
-    ON approval_requests (case_id, action, target, args_sha256);
-CREATE TABLE IF NOT EXISTS approval_decisions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    request_id INTEGER NOT NULL UNIQUE REFERENCES approval_requests (id),
-    case_id TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    args_sha256 TEXT NOT NULL,
-    decision TEXT NOT NULL,
-    by TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    at TEXT NOT NULL,
-    expires_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS approval_decisions_by_case ON approval_decisions (case_id, action, target);
-"""
 
 
 class PendingApproval(Model):
@@ -95,7 +61,7 @@ class PendingApproval(Model):
     state: RequestState = "pending"
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "PendingApproval":
+    def from_row(cls, row: Mapping[str, Any]) -> "PendingApproval":
         values = dict(row)
         values["args"] = json.loads(values["args"])
         values["policy_reasons"] = json.loads(values["policy_reasons"])
@@ -108,7 +74,7 @@ def _stored(moment: datetime) -> datetime:
     return parse_time(iso(moment))  # type: ignore[return-value]
 
 
-def _approval(row: sqlite3.Row) -> Approval:
+def _approval(row: Mapping[str, Any]) -> Approval:
     return Approval(
         case_id=row["case_id"],
         action=row["action"],
@@ -122,11 +88,25 @@ def _approval(row: sqlite3.Row) -> Approval:
     )
 
 
-class ApprovalStore:
-    """Pending requests and decisions in one SQLite file."""
+R, D = approval_requests.c, approval_decisions.c
 
-    def __init__(self, db_path: Path | str, busy_timeout_s: float = 30.0) -> None:
-        self.db = SqliteFile(db_path, _SCHEMA, busy_timeout_s)
+
+def _decisions_on(case_id: str, action: str, target: str | None = None, sha: str | None = None) -> Select[Any]:
+    """The decisions on (case, action[, target[, arguments]]), newest first."""
+    query = select(approval_decisions).where(D.case_id == case_id, D.action == action)
+    if target is not None:
+        query = query.where(D.target == target)
+    if sha is not None:
+        query = query.where(D.args_sha256 == sha)
+    return query.order_by(D.id.desc())
+
+
+class ApprovalStore:
+    """Pending requests and decisions (the `approval_requests` and `approval_decisions` tables)."""
+
+    def __init__(self, db: Database | Path | str, busy_timeout_s: float = 30.0) -> None:
+        self.db = Database.of(db, "approvals", busy_timeout_s)
+        self.db.ensure(APPROVAL_TABLES)
 
     def request(
         self, case_id: str, proposal: ActionProposal, decision: PolicyDecision, flow_id: str | None = None
@@ -142,47 +122,41 @@ class ApprovalStore:
             raise ApprovalError("the policy decision was made for a different action, target or arguments")
         sha = proposal.args_sha256
         with self.db.transaction() as conn:
-            pending = conn.execute(
-                "SELECT * FROM approval_requests WHERE case_id=? AND action=? AND target=? AND state='pending'",
-                (case_id, proposal.action, proposal.target),
-            ).fetchone()
+            pending = conn.execute(select(approval_requests).where(
+                R.case_id == case_id, R.action == proposal.action, R.target == proposal.target, R.state == "pending",
+            )).mappings().first()
             if pending is not None and pending["args_sha256"] == sha:
                 return PendingApproval.from_row(pending)
             if pending is not None:
-                conn.execute("UPDATE approval_requests SET state='superseded' WHERE id=?", (pending["id"],))
+                conn.execute(update(approval_requests).where(R.id == pending["id"]).values(state="superseded"))
             decided = conn.execute(
-                "SELECT r.*, d.decision, d.expires_at FROM approval_requests r JOIN approval_decisions d"
-                " ON d.request_id = r.id WHERE r.case_id=? AND r.action=? AND r.target=? AND r.args_sha256=?"
-                " ORDER BY d.id DESC LIMIT 1",
-                (case_id, proposal.action, proposal.target, sha),
-            ).fetchone()
+                select(R.id, D.decision, D.expires_at).join(approval_decisions, D.request_id == R.id)
+                .where(R.case_id == case_id, R.action == proposal.action, R.target == proposal.target,
+                       R.args_sha256 == sha).order_by(D.id.desc()).limit(1)
+            ).mappings().first()
             if decided is not None and (decided["decision"] == "deny" or parse_time(decided["expires_at"]) > utcnow()):
                 return PendingApproval.from_row(self._request_row(conn, decided["id"]))
-            cursor = conn.execute(
-                "INSERT INTO approval_requests (case_id, action, target, args_sha256, args, reason, policy_reasons,"
-                " requested_at, flow_id, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-                (
-                    case_id,
-                    proposal.action,
-                    proposal.target,
-                    sha,
-                    canonical_json(proposal.args),
-                    proposal.reason,
-                    json.dumps(decision.reasons),
-                    iso(utcnow()),
-                    flow_id,
-                ),
-            )
-            return PendingApproval.from_row(self._request_row(conn, cursor.lastrowid))
+            inserted = conn.execute(approval_requests.insert().values(
+                case_id=case_id,
+                action=proposal.action,
+                target=proposal.target,
+                args_sha256=sha,
+                args=canonical_json(proposal.args),
+                reason=proposal.reason,
+                policy_reasons=json.dumps(decision.reasons),
+                requested_at=iso(utcnow()),
+                flow_id=flow_id,
+                state="pending",
+            ))
+            return PendingApproval.from_row(self._request_row(conn, inserted.inserted_primary_key[0]))
 
     def pending(self, case_id: str | None = None) -> list[PendingApproval]:
         """Requests awaiting a decision, oldest first (optionally for one case)."""
-        query = "SELECT * FROM approval_requests WHERE state='pending'"
-        params: tuple[Any, ...] = ()
+        query = select(approval_requests).where(R.state == "pending")
         if case_id is not None:
-            query, params = query + " AND case_id=?", (case_id,)
+            query = query.where(R.case_id == case_id)
         with self.db.transaction(write=False) as conn:
-            rows = conn.execute(query + " ORDER BY id", params).fetchall()
+            rows = conn.execute(query.order_by(R.id)).mappings().all()
         return [PendingApproval.from_row(row) for row in rows]
 
     def decide(
@@ -216,11 +190,10 @@ class ApprovalStore:
             raise ApprovalError("ttl_seconds must be positive")
         what = f"{action} on case {case_id}" + (f" for target {target}" if target is not None else "")
         with self.db.transaction() as conn:
-            query = "SELECT * FROM approval_requests WHERE case_id=? AND action=? AND state='pending'"
-            params: tuple[Any, ...] = (case_id, action)
+            query = select(approval_requests).where(R.case_id == case_id, R.action == action, R.state == "pending")
             if target is not None:
-                query, params = query + " AND target=?", (*params, target)
-            rows = conn.execute(query + " ORDER BY id", params).fetchall()
+                query = query.where(R.target == target)
+            rows = conn.execute(query.order_by(R.id)).mappings().all()
             if not rows:
                 raise ApprovalError(self._why_nothing_pending(conn, case_id, action, target, what))
             if len(rows) > 1:
@@ -241,23 +214,19 @@ class ApprovalStore:
                 at=now,
                 expires_at=_stored(now + timedelta(seconds=ttl_seconds)),
             )
-            conn.execute("UPDATE approval_requests SET state='decided' WHERE id=?", (row["id"],))
-            conn.execute(
-                "INSERT INTO approval_decisions (request_id, case_id, action, target, args_sha256, decision, by,"
-                " reason, at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    row["id"],
-                    case_id,
-                    action,
-                    approval.target,
-                    approval.args_sha256,
-                    decision,
-                    approval.by,
-                    approval.reason,
-                    iso(approval.at),
-                    iso(approval.expires_at),
-                ),
-            )
+            conn.execute(update(approval_requests).where(R.id == row["id"]).values(state="decided"))
+            conn.execute(approval_decisions.insert().values(
+                request_id=row["id"],
+                case_id=case_id,
+                action=action,
+                target=approval.target,
+                args_sha256=approval.args_sha256,
+                decision=decision,
+                by=approval.by,
+                reason=approval.reason,
+                at=iso(approval.at),
+                expires_at=iso(approval.expires_at),
+            ))
             if record is not None:
                 record(approval)
             return approval
@@ -272,31 +241,28 @@ class ApprovalStore:
     def decision_for(self, case_id: str, proposal: ActionProposal) -> Approval | None:
         """The latest decision on exactly this proposal (same args sha256), whatever it was; for resuming flows."""
         with self.db.transaction(write=False) as conn:
-            row = conn.execute(
-                "SELECT * FROM approval_decisions WHERE case_id=? AND action=? AND target=? AND args_sha256=?"
-                " ORDER BY id DESC LIMIT 1",
-                (case_id, proposal.action, proposal.target, proposal.args_sha256),
-            ).fetchone()
+            row = conn.execute(_decisions_on(case_id, proposal.action, proposal.target, proposal.args_sha256)
+                               .limit(1)).mappings().first()
         return _approval(row) if row is not None else None
 
-    def decisions(self, case_id: str) -> list[Approval]:
-        """Every decision on a case, oldest first."""
+    def decisions(self, case_id: str | None = None) -> list[Approval]:
+        """Every decision on a case (or on every case), oldest first."""
+        query = select(approval_decisions)
+        if case_id is not None:
+            query = query.where(D.case_id == case_id)
         with self.db.transaction(write=False) as conn:
-            rows = conn.execute("SELECT * FROM approval_decisions WHERE case_id=? ORDER BY id", (case_id,)).fetchall()
+            rows = conn.execute(query.order_by(D.id)).mappings().all()
         return [_approval(row) for row in rows]
 
     @staticmethod
-    def _request_row(conn: sqlite3.Connection, request_id: int | None) -> sqlite3.Row:
-        return conn.execute("SELECT * FROM approval_requests WHERE id=?", (request_id,)).fetchone()
+    def _request_row(conn: Connection, request_id: int | None) -> Mapping[str, Any]:
+        return conn.execute(select(approval_requests).where(R.id == request_id)).mappings().one()
 
     @staticmethod
-    def _why_not_these_args(conn: sqlite3.Connection, row: sqlite3.Row, sha: str, what: str) -> str:
+    def _why_not_these_args(conn: Connection, row: Mapping[str, Any], sha: str, what: str) -> str:
         """A replay of a decision already taken on these arguments, or arguments that changed since review."""
-        decided = conn.execute(
-            "SELECT * FROM approval_decisions WHERE case_id=? AND action=? AND target=? AND args_sha256=?"
-            " ORDER BY id DESC LIMIT 1",
-            (row["case_id"], row["action"], row["target"], sha),
-        ).fetchone()
+        decided = conn.execute(_decisions_on(row["case_id"], row["action"], row["target"], sha)
+                               .limit(1)).mappings().first()
         if decided is not None:
             return (f"{what} with arguments sha256 {sha} was already decided: {decided['decision']} by "
                     f"{decided['by']} at {decided['at']} (the pending request has other arguments)")
@@ -304,12 +270,8 @@ class ApprovalStore:
                 f"{row['args_sha256']}, not {sha}")
 
     @staticmethod
-    def _why_nothing_pending(conn: sqlite3.Connection, case_id: str, action: str, target: str | None, what: str) -> str:
-        query = "SELECT * FROM approval_decisions WHERE case_id=? AND action=?"
-        params: tuple[Any, ...] = (case_id, action)
-        if target is not None:
-            query, params = query + " AND target=?", (*params, target)
-        last = conn.execute(query + " ORDER BY id DESC LIMIT 1", params).fetchone()
+    def _why_nothing_pending(conn: Connection, case_id: str, action: str, target: str | None, what: str) -> str:
+        last = conn.execute(_decisions_on(case_id, action, target).limit(1)).mappings().first()
         if last is None:
             return f"nothing is pending for {what}"
         return f"{what} was already decided: {last['decision']} by {last['by']} at {last['at']}"

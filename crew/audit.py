@@ -219,7 +219,7 @@ def sanitize(value: Any) -> Any:
     return sanitize(str(value))
 
 
-def _bounded(data: dict[str, Any]) -> dict[str, Any]:
+def bounded(data: dict[str, Any]) -> dict[str, Any]:
     """Keep one record small: an oversized payload is replaced by its size, keys and digest."""
     clean = sanitize(data)
     size = len(canonical_json(clean).encode("utf-8"))
@@ -240,25 +240,39 @@ def _sidecar(path: Path, suffix: str) -> Path:
 def _read_anchor(path: Path) -> Anchor | None:
     anchor = _sidecar(path, ".head")
     try:
-        value = json.loads(anchor.read_text(encoding="utf-8"))
+        text = anchor.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise AuditError(f"audit head anchor {anchor} is unreadable: {exc}") from None
+    return parse_anchor(text, str(anchor))
+
+
+def parse_anchor(text: str, where: str) -> Anchor:
+    """An anchor as stored (its canonical JSON); AuditError naming `where` when it is not one."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise AuditError(f"audit head anchor {where} is unreadable: {exc}") from None
     try:
         return Anchor.model_validate(value, strict=True)
     except ValidationError:
-        raise AuditError(f"audit head anchor {anchor} is malformed") from None
+        raise AuditError(f"audit head anchor {where} is malformed") from None
+
+
+def anchor_text(anchor: Anchor, key: bytes | None) -> str:
+    """The anchor as stored: canonical JSON, HMAC'ed under `key` when there is one."""
+    sealed = anchor.sealed(key)
+    return canonical_json(sealed.body() | ({"mac": sealed.mac} if sealed.mac else {}))
 
 
 def _write_anchor(path: Path, anchor: Anchor, key: bytes | None) -> None:
     """Replace the anchor atomically (write a temp file, fsync, rename, fsync the directory)."""
-    sealed = anchor.sealed(key)
-    body = sealed.body() | ({"mac": sealed.mac} if sealed.mac else {})
+    body = anchor_text(anchor, key)
     target = _sidecar(path, ".head")
     tmp = _sidecar(path, f".head.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(canonical_json(body))
+        handle.write(body)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, target)
@@ -273,7 +287,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _parse_record(line: bytes) -> AuditRecord:
+def parse_record(line: bytes) -> AuditRecord:
     """Parse one line; raises ValueError on anything that is not a well-formed record."""
     try:
         value = json.loads(line.decode("utf-8"))
@@ -302,6 +316,15 @@ def _tail(handle: Any, count: int) -> tuple[list[bytes], bytes, bool]:
     if pos > 0:
         parts = parts[1:]  # its beginning was not read
     return parts[-count:] if count else [], data[cut + 1 :], pos == 0 and len(parts) <= count
+
+
+def seal(seq: int, prev: str, kind: str, actor: str, case_id: str | None, data: dict[str, Any],
+         key: bytes | None) -> AuditRecord:
+    """The record that follows (seq - 1, prev), hashed (HMAC'ed under `key`): what every storage appends."""
+    record = AuditRecord(seq=seq, ts=iso(utcnow()), kind=kind, actor=actor, case_id=case_id, data=data,
+                         prev=prev, hash="", mac=MAC_ALG if key is not None else None)
+    record.hash = record.computed_hash(key)
+    return record
 
 
 def _links(records: list[AuditRecord], seq: int, digest: str) -> bool:
@@ -338,7 +361,7 @@ class AuditLog:
         """Append one record (secrets redacted, bounded in size) and return it as written."""
         with self._locked(), open(self.path, "a+b") as handle:
             anchor = self._head(handle)
-            record = self._seal(anchor.seq + 1, anchor.hash, kind, actor, case_id, _bounded(data))
+            record = seal(anchor.seq + 1, anchor.hash, kind, actor, case_id, bounded(data), self.key)
             return self._commit(handle, anchor, record)
 
     def _commit(self, handle: Any, anchor: Anchor, record: AuditRecord, found: list[str] | None = None,
@@ -360,12 +383,6 @@ class AuditLog:
         _write_anchor(self.path, Anchor(seq=record.seq, hash=record.hash), self.key)
         return record
 
-    def _seal(self, seq: int, prev: str, kind: str, actor: str, case_id: str | None, data: dict[str, Any]) -> AuditRecord:
-        record = AuditRecord(seq=seq, ts=iso(utcnow()), kind=kind, actor=actor, case_id=case_id, data=data,
-                             prev=prev, hash="", mac=MAC_ALG if self.key is not None else None)
-        record.hash = record.computed_hash(self.key)
-        return record
-
     def _refuse(self, why: str) -> AuditError:
         return AuditError(f"audit log {self.path}: {why}; run `siemcrew audit verify`")
 
@@ -385,7 +402,7 @@ class AuditLog:
         records: list[AuditRecord] = []
         for line in lines:
             try:
-                records.append(_parse_record(line))
+                records.append(parse_record(line))
             except ValueError as exc:
                 raise self._refuse(f"a line near the end is not a valid record ({exc})") from None
         if anchor.seq == 0:
@@ -422,7 +439,7 @@ class AuditLog:
             "torn": {"bytes": len(torn), "sha256": hashlib.sha256(torn).hexdigest()} if torn else None,
         }
         seq, digest = (last.seq, last.hash) if last else (anchor.seq, anchor.hash)
-        note = self._seal(seq + 1, digest, "recovery", RECOVERY_ACTOR, None, data)
+        note = seal(seq + 1, digest, "recovery", RECOVERY_ACTOR, None, data, self.key)
         self._commit(handle, anchor, note, found=[r.hash for r in beyond], torn=len(torn))
         return Anchor(seq=note.seq, hash=note.hash)
 
@@ -454,8 +471,9 @@ def _recovery_problem(record: AuditRecord, recent: deque[AuditRecord]) -> str | 
     return None
 
 
-def verify(path: Path | str, key: bytes | None = None) -> VerifyResult:
-    """Walk the chain and name the first record that is not proven intact.
+class ChainCheck:
+    """Walks a chain record by record, whatever holds it (a file, a table): `add` each stored record in
+    order, then `end` judges where the chain stops against its head anchor.
 
     A record is proven when its own hash (HMAC under `key` for keyed records) matches its content,
     its seq is the next one, and the record after it links to it (or, for the last one, the head
@@ -463,6 +481,56 @@ def verify(path: Path | str, key: bytes | None = None) -> VerifyResult:
     follows it. Records beyond the anchor are accepted only as the announced records of an interrupted
     append (a note says so); a `recovery` record must describe what it recovered.
     """
+
+    def __init__(self, key: bytes | None) -> None:
+        self.key = key
+        self.count = 0
+        self.last: AuditRecord | None = None
+        self.recent: deque[AuditRecord] = deque(maxlen=_RECENT)
+        self.keyed = False
+
+    def add(self, number: int, raw: bytes) -> VerifyResult | None:
+        """Check the `number`-th stored record (its canonical line, without the newline); a failed result
+        names the first record not proven, None means go on."""
+        count = self.count
+        try:
+            record = parse_record(raw)
+        except ValueError as exc:
+            return _bad(count, number, f"line {number} is not a valid audit record: {exc}")
+        problem = record.problem(self.key)
+        if problem:
+            return _bad(count, number, f"record {number} {problem}")
+        if self.keyed and record.mac is None:
+            return _bad(count, number, f"record {number} is not keyed although records before it are: "
+                                       "written without the key")
+        if record.seq > number:
+            return _bad(count, number, f"line {number} holds seq {record.seq}: record {number} is missing or out of order")
+        previous = self.last
+        if previous is not None and record.hash == previous.hash:
+            return _bad(count, number, f"line {number} repeats record {previous.seq}")
+        if record.seq < number:
+            return _bad(count, number - 1,
+                        f"line {number} holds seq {record.seq}: record {number - 1} was inserted or lines were reordered")
+        expected_prev = previous.hash if previous is not None else GENESIS
+        if record.prev != expected_prev:
+            return _bad(count, number - 1, f"record {number} does not link to record {number - 1}: "
+                                           f"record {number - 1} was altered (hash recomputed) or replaced")
+        if record.kind == "recovery" and record.actor == RECOVERY_ACTOR:
+            problem = _recovery_problem(record, self.recent)
+            if problem:
+                return _bad(count, number, f"recovery record {number} {problem}")
+        self.keyed = self.keyed or record.mac is not None
+        self.last = record
+        self.recent.append(record)
+        self.count += 1
+        return None
+
+    def end(self, anchor: Anchor | None, torn: bytes = b"") -> VerifyResult:
+        return _judge_end(self.count, self.last, self.recent, torn, anchor, self.key, self.keyed)
+
+
+def verify(path: Path | str, key: bytes | None = None) -> VerifyResult:
+    """Walk the log file's chain (`ChainCheck`) and name the first record that is not proven intact."""
     path = Path(path)
     try:
         anchor = _read_anchor(path)
@@ -474,55 +542,17 @@ def verify(path: Path | str, key: bytes | None = None) -> VerifyResult:
                 ok=False, records=0, first_bad=1, reason="audit log is missing but its head anchor exists"
             )
         return VerifyResult(ok=True, records=0, reason="empty log")
-    count = 0
-    previous: AuditRecord | None = None
-    recent: deque[AuditRecord] = deque(maxlen=_RECENT)
-    keyed = False
+    check = ChainCheck(key)
     torn = b""
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.endswith(b"\n"):
                 torn = raw  # a final line without its newline: an append was cut short (judged below)
                 break
-            try:
-                record = _parse_record(raw[:-1])
-            except ValueError as exc:
-                return _bad(count, number, f"line {number} is not a valid audit record: {exc}")
-            problem = record.problem(key)
-            if problem:
-                return _bad(count, number, f"record {number} {problem}")
-            if keyed and record.mac is None:
-                return _bad(count, number, f"record {number} is not keyed although records before it are: "
-                                           "written without the key")
-            if record.seq > number:
-                return _bad(
-                    count, number, f"line {number} holds seq {record.seq}: record {number} is missing or out of order"
-                )
-            if previous is not None and record.hash == previous.hash:
-                return _bad(count, number, f"line {number} repeats record {previous.seq}")
-            if record.seq < number:
-                return _bad(
-                    count,
-                    number - 1,
-                    f"line {number} holds seq {record.seq}: record {number - 1} was inserted or lines were reordered",
-                )
-            expected_prev = previous.hash if previous is not None else GENESIS
-            if record.prev != expected_prev:
-                return _bad(
-                    count,
-                    number - 1,
-                    f"record {number} does not link to record {number - 1}: "
-                    f"record {number - 1} was altered (hash recomputed) or replaced",
-                )
-            if record.kind == "recovery" and record.actor == RECOVERY_ACTOR:
-                problem = _recovery_problem(record, recent)
-                if problem:
-                    return _bad(count, number, f"recovery record {number} {problem}")
-            keyed = keyed or record.mac is not None
-            previous = record
-            recent.append(record)
-            count += 1
-    return _judge_end(count, previous, recent, torn, anchor, key, keyed)
+            failed = check.add(number, raw[:-1])
+            if failed is not None:
+                return failed
+    return check.end(anchor, torn)
 
 
 def _judge_end(count: int, last: AuditRecord | None, recent: deque[AuditRecord], torn: bytes,
@@ -588,7 +618,7 @@ def read(path: Path | str, case_id: str | None = None, kind: str | None = None) 
             if not raw.endswith(b"\n"):
                 return
             try:
-                record = _parse_record(raw[:-1])
+                record = parse_record(raw[:-1])
             except ValueError as exc:
                 raise AuditError(f"{path}: line {number} is not a valid audit record: {exc}") from None
             if (case_id is None or record.case_id == case_id) and (kind is None or record.kind == kind):

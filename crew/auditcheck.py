@@ -1,7 +1,8 @@
 """Does the audit log account for every action, and do the stores agree with it?
 
 An intact chain proves the log was not edited; it does not prove that what ran was allowed. Actions
-run on what approvals.db and ledger.db say, and whoever can write the home can write those. So after
+run on what the approval store and the ledger say (approvals.db and ledger.db in the home, or their
+tables in the state database), and whoever can write the home can write those. So after
 the chain, `verify_accounted` reads the log once and checks:
 
 In the log (also on a shipped copy, without the stores):
@@ -25,13 +26,16 @@ ledger claim with no action_start (the process died between claiming and acting:
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from siemcrew.crew.audit import AuditError, AuditRecord, VerifyResult, read, verify
+from siemcrew.crew.audittable import TableAuditLog, verify_table
+from siemcrew.crew.database import Database, StoreError
+from siemcrew.crew.storage import Storage
 from siemcrew.crew.timeutil import parse_time
 
 AUTO_ACTOR = "policy:auto"
@@ -114,77 +118,82 @@ def _describe(start: AuditRecord) -> str:
             f"by {start.actor})")
 
 
-def _rows(path: Path, sql: str) -> list[sqlite3.Row]:
-    """Rows of a store, opened read-only (verifying never creates or changes a store); none if it is absent."""
-    if not path.exists():
-        return []
+def _stored(storage: Storage) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The approval decisions and the ledger rows, read without creating or changing a store."""
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            conn.row_factory = sqlite3.Row
-            return conn.execute(sql).fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise AuditError(f"{path}: cannot read it to cross-check the audit log: {exc}") from None
+        decisions = [d.model_dump(mode="json") for d in storage.approvals(readonly=True).decisions()] \
+            if storage.exists("approvals") else []
+        ledger = storage.ledger(readonly=True).rows() if storage.exists("ledger") else []
+    except StoreError as exc:
+        raise AuditError(f"cannot read the stores to cross-check the audit log: {exc}") from None
+    return decisions, ledger
 
 
-def _against_stores(walk: _Walk, stores: Path, notes: list[str]) -> list[tuple[int | None, str]]:
+def _against_stores(walk: _Walk, storage: Storage, notes: list[str]) -> list[tuple[int | None, str]]:
     mismatches: list[tuple[int | None, str]] = []
-    decisions = _rows(stores / "approvals.db", "SELECT case_id, action, target, args_sha256, decision, by, at "
-                                               "FROM approval_decisions ORDER BY id")
-    stored = {_approval_identity(row["case_id"], dict(row)) for row in decisions}
+    decisions, ledger = _stored(storage)
+    approvals_at, ledger_at = storage.label("approvals"), storage.label("ledger")
+    stored = {_approval_identity(row["case_id"], row) for row in decisions}
     logged = {_approval_identity(record.case_id, record.data) for record in walk.logged_approvals}
     for row in decisions:
-        if _approval_identity(row["case_id"], dict(row)) not in logged:
-            mismatches.append((None, f"approvals.db holds a decision that is not in the audit log: {row['decision']} "
+        if _approval_identity(row["case_id"], row) not in logged:
+            mismatches.append((None, f"{approvals_at} holds a decision that is not in the audit log: {row['decision']} "
                                      f"of {row['action']} {row['target']} on case {row['case_id']} by {row['by']} "
                                      f"at {row['at']}"))
     relied_on = {approval.seq for approval in walk.relied.values()}
     for start in walk.starts:
         approval = walk.relied.get(start.seq)
         if approval is not None and _approval_identity(approval.case_id, approval.data) not in stored:
-            mismatches.append((start.seq, f"{_describe(start)}: approvals.db has no decision matching the approval "
+            mismatches.append((start.seq, f"{_describe(start)}: {approvals_at} has no decision matching the approval "
                                           f"it ran on (record {approval.seq})"))
     for approval in walk.logged_approvals:
         if approval.seq not in relied_on and _approval_identity(approval.case_id, approval.data) not in stored:
-            notes.append(f"approval record {approval.seq} never reached approvals.db (a crash between the log and "
+            notes.append(f"approval record {approval.seq} never reached {approvals_at} (a crash between the log and "
                          "the store, or the row was deleted); nothing ran on it")
 
-    ledger = _rows(stores / "ledger.db", "SELECT key, action, target, args_sha256, state FROM actions")
     shas: dict[str, set[str]] = {}
     for start in walk.starts:
         shas.setdefault(str(start.data.get("key")), set()).add(str(start.data.get("args_sha256")))
     rows_by_key = {str(row["key"]).split(SUPERSEDED, 1)[0] for row in ledger}
     for start in walk.starts:
         if str(start.data.get("key")) not in rows_by_key:
-            mismatches.append((start.seq, f"{_describe(start)}: no ledger row for {start.data.get('key')} in ledger.db"))
+            mismatches.append((start.seq, f"{_describe(start)}: no ledger row for {start.data.get('key')} in {ledger_at}"))
     for row in ledger:
         key = str(row["key"]).split(SUPERSEDED, 1)[0]
         if key not in shas and row["state"] == "claimed":
-            notes.append(f"ledger.db claim {key} has no action_start: its process died before acting")
+            notes.append(f"{ledger_at} claim {key} has no action_start: its process died before acting")
         elif key not in shas:
-            mismatches.append((None, f"ledger.db row {row['key']} ({row['state']}) has no action_start in the audit log"))
+            mismatches.append((None, f"{ledger_at} row {row['key']} ({row['state']}) has no action_start in the audit log"))
         elif row["args_sha256"] not in shas[key]:
-            mismatches.append((None, f"ledger.db row {row['key']} records arguments {row['args_sha256'][:16]}… that no "
+            mismatches.append((None, f"{ledger_at} row {row['key']} records arguments {row['args_sha256'][:16]}… that no "
                                      "action_start of its key ran with"))
     return mismatches
 
 
-def verify_accounted(path: Path | str, key: bytes | None = None, stores: Path | str | None = None) -> VerifyResult:
+AuditSource = Path | str | Database
+"""An audit log file, or the database holding the `audit_log` table."""
+
+
+def verify_accounted(log: AuditSource, key: bytes | None = None, stores: Path | str | Storage | None = None
+                     ) -> VerifyResult:
     """The chain is intact (see `audit.verify`) and accounts for every executed action; with `stores`
-    (the home holding approvals.db and ledger.db), the stores agree with the log. Fails on any mismatch,
-    naming the first action_start it concerns (`first_bad`) and listing them all (`mismatches`)."""
-    chain = verify(path, key=key)
+    (the home holding approvals.db and ledger.db, or the Storage holding them), the stores agree with the log.
+    Fails on any mismatch, naming the first action_start it concerns (`first_bad`) and listing them all
+    (`mismatches`)."""
+    if isinstance(log, Database):
+        chain, records = verify_table(log, key), TableAuditLog(log, key).read
+    else:
+        chain, records = verify(log, key=key), partial(read, log)
     if not chain.ok:
         return chain
     walk = _Walk()
     notes = list(chain.notes)
+    storage = Storage(Path(stores)) if isinstance(stores, (Path, str)) else stores
     try:
-        for record in read(path):
+        for record in records() if chain.records else ():
             walk.see(record)
-        mismatches = walk.mismatches + (_against_stores(walk, Path(stores), notes) if stores is not None else [])
-    except AuditError as exc:
+        mismatches = walk.mismatches + (_against_stores(walk, storage, notes) if storage is not None else [])
+    except (AuditError, StoreError) as exc:
         return VerifyResult(ok=False, records=chain.records, reason=str(exc), notes=notes)
     return _result(chain.records, mismatches, notes)
 

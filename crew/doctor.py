@@ -100,15 +100,19 @@ def _checks(settings: Settings, data_days: int | None) -> list[dict[str, Any]]:
 
     results.append(_check("policy / evidence / assets", gates))
 
+    from siemcrew.crew.storage import Storage
+
+    storage = Storage.from_settings(settings)
+    results.append(_check("state database", storage.check))
+
     def audit() -> str:
         from siemcrew.crew.auditcheck import verify_accounted
 
         key = settings.audit_key()
         keyed = "keyed (HMAC)" if key else "plain sha256 (no audit key)"
-        path = home / "audit.jsonl"
-        if not path.exists():
+        if not storage.exists("audit"):
             return f"no audit log yet; {keyed}"
-        result = verify_accounted(path, key=key, stores=home)
+        result = verify_accounted(storage.audit_source(), key=key, stores=storage)
         if not result.ok:
             raise RuntimeError(f"audit log broken at record {result.first_bad}: {result.reason}")
         return f"{result.records} record(s) intact, every action accounted for; {keyed}"
@@ -116,10 +120,7 @@ def _checks(settings: Settings, data_days: int | None) -> list[dict[str, Any]]:
     results.append(_check("audit log", audit))
 
     def outbox() -> str:
-        from siemcrew.crew.outbox import Outbox
-
-        path = home / "outbox.db"
-        pending = Outbox(path).pending() if path.exists() else []
+        pending = storage.outbox().pending() if storage.exists("outbox") else []
         if pending:
             raise RuntimeError(f"{len(pending)} write-back(s) not yet in the SIEM (retried by run and serve): "
                                + "; ".join(item.line() for item in pending[:3]))
@@ -128,10 +129,7 @@ def _checks(settings: Settings, data_days: int | None) -> list[dict[str, Any]]:
     results.append(_check("write-backs", outbox))
 
     def quarantine() -> str:
-        from siemcrew.crew.casestore import CaseStore
-
-        path = home / "cases.db"
-        bad = CaseStore(path).quarantined() if path.exists() else []
+        bad = storage.cases().quarantined() if storage.exists("cases") else []
         if bad:
             raise RuntimeError(f"{len(bad)} stored case(s) could not be read and were set aside: "
                                + "; ".join(f"{b['case']} ({b['error'][:120]})" for b in bad[:3]))

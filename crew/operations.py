@@ -12,9 +12,6 @@ is back).
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +23,7 @@ from siemcrew.crew.approvals import ApprovalError
 from siemcrew.crew.models import ActionProposal, Alert, Approval, Case, Halt
 from siemcrew.crew.outbox import BACKOFF_S, OutboxItem
 from siemcrew.crew.runtime import Runtime, final_status
+from siemcrew.crew.sqldialect import FileLocks, LockBusy, hold
 
 FINISHED = ("closed", "escalated")
 MAX_ATTEMPTS = 3  # a case whose flow crashed is tried again, this many times in all
@@ -34,10 +32,6 @@ MAX_ATTEMPTS = 3  # a case whose flow crashed is tried again, this many times in
 def retryable(case: Case) -> bool:
     failures = sum(1 for t in case.timeline if t.event == "failed")
     return case.status in ("new", "investigating") or (case.status == "failed" and failures < MAX_ATTEMPTS)
-
-
-class LockBusy(RuntimeError):
-    """Another `siemcrew run` holds the lock."""
 
 
 class RerunError(RuntimeError):
@@ -294,38 +288,17 @@ def resume(rt: Runtime, case: Case) -> Case:
 
 @contextmanager
 def run_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockBusy(f"another siemcrew run holds {path}") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+    """The embedded run lock, an `fcntl` lock on `path` (`rt.storage.run_lock()` picks the engine's own)."""
+    with hold(FileLocks(path.parent), path.name.removesuffix(".lock"), "run"):
         yield
-    finally:
-        handle.close()
-
-
-def _checkpoint_path(rt: Runtime) -> Path:
-    return rt.settings.home_path / f"checkpoint-{rt.siem.name}.json"
 
 
 def read_checkpoint(rt: Runtime) -> str | None:
-    path = _checkpoint_path(rt)
-    if not path.exists():
-        return None
-    return json.loads(path.read_text(encoding="utf-8")).get("checkpoint")
+    return rt.checkpoints.get(rt.siem.name)
 
 
 def write_checkpoint(rt: Runtime, checkpoint: str | None) -> None:
-    path = _checkpoint_path(rt)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"checkpoint": checkpoint}), encoding="utf-8")
-    os.replace(tmp, path)
+    rt.checkpoints.put(rt.siem.name, checkpoint)
 
 
 def drain_outbox(rt: Runtime, now: float | None = None) -> list[OutboxItem]:
@@ -411,7 +384,7 @@ def run(rt: Runtime, limit: int = 100, progress: Callable[[Alert], None] | None 
     before a crash is found again by id (no repeat) and unfinished cases are resumed first.
     """
     summary = RunSummary()
-    with run_lock(rt.settings.home_path / "run.lock"):
+    with rt.storage.run_lock():
         drain_outbox(rt, now=float("inf"))  # a run (cron spaces them) tries every pending write-back first
         summary.containment_unconfirmed = reconcile_containment(rt)
         unfinished = rt.cases.list(status="investigating") + rt.cases.list(status="new") + rt.cases.list(status="failed")

@@ -15,38 +15,22 @@ pending -> done.
 
 from __future__ import annotations
 
-import sqlite3
 import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from siemcrew.crew.ledger import SqliteFile
+from sqlalchemy import select, update
+
+from siemcrew.crew.database import Database
 from siemcrew.crew.models import Model
+from siemcrew.crew.tables import outbox
 
 OutboxKind = Literal["action", "publish"]
 # seconds before the n-th retry (then the last one, hourly): a blip is retried within the same run, an
 # outage is retried by every run and by serve without hammering the SIEM
 BACKOFF_S = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    key TEXT PRIMARY KEY,
-    case_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    next_at REAL NOT NULL,
-    last_error TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_at);
-CREATE INDEX IF NOT EXISTS outbox_by_case ON outbox (case_id, state);
-"""
-
 
 class OutboxItem(Model):
     key: str
@@ -62,7 +46,7 @@ class OutboxItem(Model):
     updated_at: datetime
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "OutboxItem":
+    def from_row(cls, row: Mapping[str, Any]) -> "OutboxItem":
         values = dict(row)
         for name in ("next_at", "created_at", "updated_at"):
             values[name] = datetime.fromtimestamp(values[name], tz=timezone.utc)
@@ -77,44 +61,46 @@ def backoff(attempts: int) -> float:
     return BACKOFF_S[min(max(attempts, 1), len(BACKOFF_S)) - 1]
 
 
+O = outbox.c
+
+
 class Outbox:
-    def __init__(self, path: Path) -> None:
-        self.db = SqliteFile(path, _SCHEMA)
+    def __init__(self, db: Database | Path | str) -> None:
+        self.db = Database.of(db, "outbox")
+        self.db.ensure([outbox])
 
     def failed(self, key: str, case_id: str, kind: OutboxKind, action: str, target: str, error: str,
                now: float | None = None) -> OutboxItem:
         """Record a failed attempt: a new pending item, or one more attempt of a pending one."""
         now = time.time() if now is None else now
         with self.db.transaction() as conn:
-            row = conn.execute("SELECT attempts FROM outbox WHERE key=?", (key,)).fetchone()
-            attempts = (row["attempts"] if row is not None else 0) + 1
-            conn.execute(
-                "INSERT INTO outbox (key, case_id, kind, action, target, state, attempts, next_at, last_error,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET state='pending', attempts=excluded.attempts,"
-                " next_at=excluded.next_at, last_error=excluded.last_error, updated_at=excluded.updated_at",
-                (key, case_id, kind, action, target, attempts, now + backoff(attempts), error[:500], now, now))
-            return OutboxItem.from_row(conn.execute("SELECT * FROM outbox WHERE key=?", (key,)).fetchone())
+            earlier = conn.execute(select(O.attempts).where(O.key == key)).scalar()
+            attempts = (earlier or 0) + 1
+            self.db.upsert(conn, outbox, {
+                "key": key, "case_id": case_id, "kind": kind, "action": action, "target": target, "state": "pending",
+                "attempts": attempts, "next_at": now + backoff(attempts), "last_error": error[:500], "created_at": now,
+                "updated_at": now}, update=("state", "attempts", "next_at", "last_error", "updated_at"))
+            return OutboxItem.from_row(conn.execute(select(outbox).where(O.key == key)).mappings().one())
 
     def done(self, key: str, now: float | None = None) -> bool:
         """The write landed: True when a pending item was waiting for it."""
         now = time.time() if now is None else now
         with self.db.transaction() as conn:
-            cursor = conn.execute("UPDATE outbox SET state='done', updated_at=? WHERE key=? AND state='pending'",
-                                  (now, key))
-            return cursor.rowcount > 0
+            changed = conn.execute(update(outbox).where(O.key == key, O.state == "pending")
+                                   .values(state="done", updated_at=now)).rowcount
+            return changed > 0
 
     def due(self, now: float | None = None) -> list[OutboxItem]:
         now = time.time() if now is None else now
-        with self.db.transaction(write=False) as conn:
-            rows = conn.execute("SELECT * FROM outbox WHERE state='pending' AND next_at<=? ORDER BY next_at, key",
-                                (now,)).fetchall()
-        return [OutboxItem.from_row(r) for r in rows]
+        return self._select(select(outbox).where(O.state == "pending", O.next_at <= now).order_by(O.next_at, O.key))
 
     def pending(self, case_id: str | None = None) -> list[OutboxItem]:
-        query, params = "SELECT * FROM outbox WHERE state='pending'", ()
+        query = select(outbox).where(O.state == "pending")
         if case_id is not None:
-            query, params = query + " AND case_id=?", (case_id,)
+            query = query.where(O.case_id == case_id)
+        return self._select(query.order_by(O.created_at, O.key))
+
+    def _select(self, query: Any) -> list[OutboxItem]:
         with self.db.transaction(write=False) as conn:
-            rows = conn.execute(query + " ORDER BY created_at, key", params).fetchall()
+            rows = conn.execute(query).mappings().all()
         return [OutboxItem.from_row(r) for r in rows]

@@ -14,14 +14,10 @@ from typing import Any
 
 from siemcrew.config.settings import Settings, SettingsError
 from siemcrew.crew import offline
-from siemcrew.crew.approvals import ApprovalStore
 from siemcrew.crew.assets import AssetInventory
-from siemcrew.crew.audit import AuditLog
-from siemcrew.crew.casestore import CaseStore
-from siemcrew.crew.ledger import ActionLedger
 from siemcrew.crew.models import ActionResult, Case, TimeRange
-from siemcrew.crew.outbox import Outbox
 from siemcrew.crew.policy import ResponsePolicy
+from siemcrew.crew.storage import Storage
 from siemcrew.crew.verifier import EvidenceRequirements
 
 log = logging.getLogger("siemcrew")
@@ -60,11 +56,14 @@ class Runtime:
         home = settings.home_path
         home.mkdir(parents=True, exist_ok=True)
         offline.prepare(home / "crewai")
-        self.audit = AuditLog(home / "audit.jsonl", key=settings.audit_key())
-        self.cases = CaseStore(home / "cases.db")
-        self.approvals = ApprovalStore(home / "approvals.db")
-        self.ledger = ActionLedger(home / "ledger.db")
-        self.outbox = Outbox(home / "outbox.db")
+        self.storage = Storage.from_settings(settings)
+        self.audit = self.storage.audit_log(settings.audit_key())
+        self.cases = self.storage.cases()
+        self.approvals = self.storage.approvals()
+        self.ledger = self.storage.ledger()
+        self.outbox = self.storage.outbox()
+        self.tickets = self.storage.tickets()
+        self.checkpoints = self.storage.checkpoints()
         self.inventory = AssetInventory.load(settings.config_file("assets"))
         self.policy = ResponsePolicy.load(settings.config_file("policy"), self.inventory)
         self.requirements = EvidenceRequirements.load(settings.config_file("evidence"))
@@ -86,9 +85,7 @@ class Runtime:
     @property
     def flow_persistence(self) -> Any:
         if self._flow_persistence is None:
-            from crewai.flow.persistence import SQLiteFlowPersistence
-
-            self._flow_persistence = SQLiteFlowPersistence(str(self.settings.home_path / "flows.db"))
+            self._flow_persistence = self.storage.flow_persistence()
         return self._flow_persistence
 
     def brain(self, role: str, ctx: Any) -> Any:

@@ -15,6 +15,7 @@ os.environ["CREWAI_STORAGE_DIR"] = str(_STORAGE)
 import pytest  # noqa: E402
 
 import siemcrew.crew.offline as offline  # noqa: E402
+from servers.postgres import pg_url, postgres, state_db  # noqa: E402,F401 - fixtures: a real PostgreSQL server
 
 offline.prepare(_STORAGE)
 
@@ -33,6 +34,18 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 240, s
                           env=full_env, timeout=timeout, input=stdin)
 
 
+def demo_config(tmp_path: Path, extra: str = "") -> str:
+    """A copy of the demo config whose home is tmp_path/home, plus `extra` settings lines (e.g. `database:`)."""
+    text = (EXAMPLES / "demo.yaml").read_text(encoding="utf-8")
+    text = text.replace("home: ../.siemcrew-demo", f"home: {tmp_path / 'home'}")
+    text = text.replace("events: [events]", f"events: [{EXAMPLES / 'events'}]")
+    text = text.replace("alerts: [alerts]", f"alerts: [{EXAMPLES / 'alerts'}]")
+    text = text.replace("assets_file: assets.yaml", f"assets_file: {EXAMPLES / 'assets.yaml'}")
+    path = tmp_path / "siemcrew.yaml"
+    path.write_text(text + extra, encoding="utf-8")
+    return str(path)
+
+
 @pytest.fixture
 def demo_settings(tmp_path: Path):  # noqa: ANN201
     from siemcrew.config.settings import Settings
@@ -44,14 +57,19 @@ def demo_settings(tmp_path: Path):  # noqa: ANN201
 def awaiting_isolation(tmp_path: Path):  # noqa: ANN201
     """A runtime (config file in tmp_path, no events) and a verified malicious case whose isolation of
     WS-01 waits for a human; its alert update already ran automatically."""
+    return awaiting_isolation_on(tmp_path)
+
+
+def awaiting_isolation_on(tmp_path: Path, config: str = ""):  # noqa: ANN201
+    """`awaiting_isolation`, with more settings lines (`config`, e.g. the `database:` of `state_db`)."""
     from siemcrew.config.settings import Settings
     from siemcrew.crew.models import ActionProposal, Alert, Entities, Evidence, Grounds, VerificationReport
     from siemcrew.crew.runtime import Runtime
     from siemcrew.crew.timeutil import utcnow
 
-    config = tmp_path / "siemcrew.yaml"
-    config.write_text(f"home: {tmp_path / 'home'}\n", encoding="utf-8")
-    rt = Runtime(Settings.load(config))
+    path = tmp_path / "siemcrew.yaml"
+    path.write_text(f"home: {tmp_path / 'home'}\n{config}", encoding="utf-8")
+    rt = Runtime(Settings.load(path))
     case, _ = rt.cases.admit(Alert(id="a1", rule_name="r", timestamp=utcnow(), entities=Entities(hosts=["WS-01"])))
     case.verdict, case.confidence = "malicious", "high"
     seen = Evidence(kind="alert_events", connector="t", language="t", query="q", status="ok", count=1,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import multiprocessing
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 from siemcrew.crew.approvals import ApprovalError, ApprovalStore
 from siemcrew.crew.models import ActionProposal, PolicyDecision
 from siemcrew.crew.timeutil import utcnow
+from servers.postgres import StateDb
 
 ISOLATE = ActionProposal(action="isolate_host", target="WS-01", args={"comment": "ransomware"}, reason="beaconing")
 
@@ -26,8 +26,9 @@ def needs_approval(proposal: ActionProposal) -> PolicyDecision:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> ApprovalStore:
-    return ApprovalStore(tmp_path / "approvals.db")
+def store(state_db: StateDb) -> ApprovalStore:
+    """Every test taking `store` runs on SQLite and on PostgreSQL."""
+    return ApprovalStore(state_db.target("approvals"))
 
 
 def test_request_is_listed_and_idempotent(store: ApprovalStore) -> None:
@@ -157,10 +158,11 @@ def test_new_arguments_supersede_the_pending_request(store: ApprovalStore) -> No
     assert store.valid_for("case-1", ISOLATE) is None
 
 
-def test_store_is_shared_between_instances(tmp_path: Path) -> None:
-    ApprovalStore(tmp_path / "a.db").request("case-1", ISOLATE, needs_approval(ISOLATE))
-    ApprovalStore(tmp_path / "a.db").decide("case-1", "isolate_host", "approve", by="alice", reason="ok")
-    assert ApprovalStore(tmp_path / "a.db").valid_for("case-1", ISOLATE, now=utcnow()) is not None
+def test_store_is_shared_between_instances(state_db: StateDb) -> None:
+    where = state_db.target("approvals")
+    ApprovalStore(where).request("case-1", ISOLATE, needs_approval(ISOLATE))
+    ApprovalStore(where).decide("case-1", "isolate_host", "approve", by="alice", reason="ok")
+    assert ApprovalStore(where).valid_for("case-1", ISOLATE, now=utcnow()) is not None
 
 
 def _decide(path: str, who: str, start, results) -> None:  # type: ignore[no-untyped-def]
@@ -173,8 +175,8 @@ def _decide(path: str, who: str, start, results) -> None:  # type: ignore[no-unt
         results.put((who, str(exc)))
 
 
-def test_two_processes_deciding_at_once_exactly_one_wins(tmp_path: Path) -> None:
-    path = str(tmp_path / "approvals.db")
+def test_two_processes_deciding_at_once_exactly_one_wins(state_db: StateDb) -> None:
+    path = state_db.target("approvals")
     ApprovalStore(path).request("case-1", ISOLATE, needs_approval(ISOLATE))
     context = multiprocessing.get_context("fork")
     start, results = context.Event(), context.Queue()
@@ -193,7 +195,7 @@ def test_two_processes_deciding_at_once_exactly_one_wins(tmp_path: Path) -> None
     assert decision.by == winners[0]
 
 
-def test_policy_approval_and_ledger_together_execute_once(tmp_path: Path) -> None:
+def test_policy_approval_and_ledger_together_execute_once(state_db: StateDb) -> None:
     from siemcrew.crew.ledger import ActionLedger
     from siemcrew.crew.models import Alert, Case, Entities, Evidence, Grounds, VerificationReport
     from siemcrew.crew.policy import ResponsePolicy
@@ -205,7 +207,7 @@ def test_policy_approval_and_ledger_together_execute_once(tmp_path: Path) -> Non
                     sample=[{"host.hostname": "WS-01"}]).seal()
     case.evidence.append(seen)
     isolate = ISOLATE.model_copy(update={"args": {"host": "WS-01"}, "evidence_ids": [seen.id]})
-    store, ledger = ApprovalStore(tmp_path / "a.db"), ActionLedger(tmp_path / "l.db")
+    store, ledger = ApprovalStore(state_db.target("approvals")), ActionLedger(state_db.target("ledger"))
     policy = ResponsePolicy.load()
     decision = policy.evaluate(case, isolate, ledger.count_since)
     assert decision.outcome == "approval_required"

@@ -5,12 +5,13 @@ straight into approvals.db once let `isolate_host` run "approved by ceo" while v
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import awaiting_isolation_on, run_cli
+from servers.postgres import StateDb
+from sqlalchemy import text
 
 from siemcrew.crew.approvals import ApprovalStore
 from siemcrew.crew.audit import AuditLog
@@ -25,14 +26,19 @@ ISOLATE = ActionProposal(action="isolate_host", target="WS-01", args={"host": "W
 UPDATE = ActionProposal(action="update_alert", target="a1", args={"status": "escalated", "verdict": "malicious"})
 
 
-# -- through the runtime: the attack and the legitimate path ----------------------------------------------------
+# -- through the runtime: the attack and the legitimate path, on SQLite and on PostgreSQL ------------------------
+@pytest.fixture
+def awaiting(state_db: StateDb, tmp_path: Path) -> tuple[Runtime, Case]:
+    """`awaiting_isolation` with its state on the engine under test (the log: a file, or the audit_log table)."""
+    return awaiting_isolation_on(tmp_path, state_db.config())
+
+
 def _verify(rt: Runtime):  # noqa: ANN202
-    home = rt.settings.home_path
-    return verify_accounted(home / "audit.jsonl", stores=home)
+    return verify_accounted(rt.storage.audit_source(), stores=rt.storage)
 
 
-def test_an_approved_isolation_is_accounted_for(awaiting_isolation: tuple[Runtime, Case]) -> None:
-    rt, case = awaiting_isolation
+def test_an_approved_isolation_is_accounted_for(awaiting: tuple[Runtime, Case]) -> None:
+    rt, case = awaiting
     (pending,) = rt.approvals.pending(case.id)
     _, final = decide(rt, case.id, "isolate_host", "approve", by="alice", reason="confirmed",
                       sha256=pending.args_sha256)
@@ -41,16 +47,16 @@ def test_an_approved_isolation_is_accounted_for(awaiting_isolation: tuple[Runtim
     assert result.ok and result.mismatches == [], result
 
 
-def test_an_approval_inserted_into_approvals_db_is_caught(awaiting_isolation: tuple[Runtime, Case]) -> None:
-    rt, case = awaiting_isolation
-    home = rt.settings.home_path
+def test_an_approval_inserted_into_the_approval_store_is_caught(awaiting: tuple[Runtime, Case]) -> None:
+    rt, case = awaiting
     now = utcnow()
-    with sqlite3.connect(home / "approvals.db") as db:  # the attacker can write the home, not the log
-        request_id, sha = db.execute("SELECT id, args_sha256 FROM approval_requests WHERE state='pending'").fetchone()
-        db.execute("UPDATE approval_requests SET state='decided' WHERE id=?", (request_id,))
-        db.execute("INSERT INTO approval_decisions (request_id, case_id, action, target, args_sha256, decision, by,"
-                   " reason, at, expires_at) VALUES (?, ?, 'isolate_host', 'WS-01', ?, 'approve', 'ceo', 'trust me',"
-                   " ?, ?)", (request_id, case.id, sha, iso(now), iso(now + timedelta(hours=1))))
+    with rt.approvals.db.transaction() as db:  # the attacker can write the store, not the log
+        request_id, sha = db.execute(text("SELECT id, args_sha256 FROM approval_requests WHERE state='pending'")).one()
+        db.execute(text("UPDATE approval_requests SET state='decided' WHERE id=:id"), {"id": request_id})
+        db.execute(text("INSERT INTO approval_decisions (request_id, case_id, action, target, args_sha256, decision, by,"
+                        " reason, at, expires_at) VALUES (:id, :case, 'isolate_host', 'WS-01', :sha, 'approve', 'ceo',"
+                        " 'trust me', :at, :expires)"),
+                   {"id": request_id, "case": case.id, "sha": sha, "at": iso(now), "expires": iso(now + timedelta(hours=1))})
     rt.act(case)
     assert [(r.action, r.state) for r in case.results][0] == ("isolate_host", "dry_run")  # it ran, "approved by ceo"
     result = _verify(rt)
@@ -58,27 +64,27 @@ def test_an_approval_inserted_into_approvals_db_is_caught(awaiting_isolation: tu
     start = next(r for r in rt.audit.read(kind="action_start") if r.data["action"] == "isolate_host")
     assert result.first_bad == start.seq
     assert any("no approval" in m and "ceo" in m for m in result.mismatches), result.mismatches
-    assert any("approvals.db" in m and "not in the audit log" in m for m in result.mismatches), result.mismatches
+    assert any(rt.storage.label("approvals") in m and "not in the audit log" in m for m in result.mismatches), result
 
     proc = run_cli("audit", "verify", "--config", str(rt.settings.config_path), "--json")
     assert proc.returncode == 5, proc.stdout + proc.stderr
     assert json.loads(proc.stdout)["first_bad"] == start.seq
 
 
-def test_a_ledger_row_without_its_action_in_the_log_is_caught(awaiting_isolation: tuple[Runtime, Case]) -> None:
-    rt, case = awaiting_isolation
+def test_a_ledger_row_without_its_action_in_the_log_is_caught(awaiting: tuple[Runtime, Case]) -> None:
+    rt, case = awaiting
     key = ISOLATE.key(case.id)
     rt.ledger.claim(key, "isolate_host", "WS-01", ISOLATE.args_sha256)
     assert _verify(rt).ok  # claimed and never started: a process died before acting, nothing happened
     rt.ledger.update(key, "done", "contained by hand")
     result = _verify(rt)
-    assert not result.ok and any(key in m and "ledger.db" in m for m in result.mismatches), result
+    assert not result.ok and any(key in m and rt.storage.label("ledger") in m for m in result.mismatches), result
 
 
-def test_an_executed_action_missing_from_the_ledger_is_caught(awaiting_isolation: tuple[Runtime, Case]) -> None:
-    rt, case = awaiting_isolation
-    with sqlite3.connect(rt.settings.home_path / "ledger.db") as db:
-        db.execute("DELETE FROM actions WHERE action='update_alert'")
+def test_an_executed_action_missing_from_the_ledger_is_caught(awaiting: tuple[Runtime, Case]) -> None:
+    rt, case = awaiting
+    with rt.ledger.db.transaction() as db:
+        db.execute(text("DELETE FROM actions WHERE action='update_alert'"))
     result = _verify(rt)
     assert not result.ok and any("update_alert" in m and "no ledger row" in m for m in result.mismatches), result
 

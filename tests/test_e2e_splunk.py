@@ -332,7 +332,9 @@ def test_run_recovers_from_faults_without_losing_or_repeating_work(tmp_path: Pat
     assert cases[NOTABLE_IDS[BENIGN]]["status"] == "closed"
     benign_case = cases[NOTABLE_IDS[BENIGN]]["id"]
     assert [e["status"] for e in _hec_cases(splunkd)[benign_case]] == ["closed"]  # HEC busy once, indexed once
-    checkpoint = json.loads((home / "checkpoint-splunk.json").read_text())["checkpoint"]
+    from siemcrew.crew.checkpoints import CheckpointStore
+
+    checkpoint = CheckpointStore(home / "cases.db").get("splunk")
     assert checkpoint and NOTABLE_IDS[BENIGN] in checkpoint
 
 

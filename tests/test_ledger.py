@@ -12,14 +12,16 @@ import pytest
 
 from siemcrew.crew.ledger import ActionLedger, LedgerError, StoreError
 from siemcrew.crew.models import ActionProposal
+from servers.postgres import StateDb
 
 PROPOSAL = ActionProposal(action="isolate_host", target="WS-01", args={"comment": "c2"})
 KEY = PROPOSAL.key("case-1")
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> ActionLedger:
-    return ActionLedger(tmp_path / "ledger.db")
+def ledger(state_db: StateDb) -> ActionLedger:
+    """Every test taking `ledger` runs on SQLite and on PostgreSQL."""
+    return ActionLedger(state_db.target("ledger"))
 
 
 def claim(ledger: ActionLedger, key: str = KEY, **kwargs: float):
@@ -79,14 +81,14 @@ def test_count_since_counts_effective_executions_in_the_window(ledger: ActionLed
     assert ledger.count_since("kill_process", now - 3600) == 1
 
 
-def test_stale_claims_skip_live_processes_and_finished_rows(ledger: ActionLedger, tmp_path: Path) -> None:
+def test_stale_claims_skip_live_processes_and_finished_rows(ledger: ActionLedger, state_db: StateDb) -> None:
     now = time.time()
     claim(ledger, "mine", now=now - 600)
     claim(ledger, "fresh", now=now)
     claim(ledger, "finished", now=now - 600)
     ledger.update("finished", "done")
     context = multiprocessing.get_context("fork")
-    dead = context.Process(target=_claim_and_die, args=(str(tmp_path / "ledger.db"), "orphan", now - 600))
+    dead = context.Process(target=_claim_and_die, args=(state_db.target("ledger"), "orphan", now - 600))
     dead.start()
     dead.join(timeout=30)
     assert dead.exitcode == 0
@@ -112,8 +114,8 @@ def _race(path: str, start, results) -> None:  # type: ignore[no-untyped-def]
     results.put((os.getpid(), got.acquired))
 
 
-def test_processes_claiming_the_same_key_exactly_one_executes(tmp_path: Path) -> None:
-    path = str(tmp_path / "ledger.db")
+def test_processes_claiming_the_same_key_exactly_one_executes(state_db: StateDb) -> None:
+    path = state_db.target("ledger")
     ActionLedger(path)
     context = multiprocessing.get_context("fork")
     start, results = context.Event(), context.Queue()

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from conftest import EXAMPLES, run_cli
 
+from servers.postgres import StateDb
 from siemcrew.crew.outbox import BACKOFF_S, Outbox
 
 
-def test_a_failed_write_back_is_pending_with_a_growing_delay_until_it_lands(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "outbox.db")
+def test_a_failed_write_back_is_pending_with_a_growing_delay_until_it_lands(state_db: StateDb) -> None:
+    box = Outbox(state_db.target("outbox"))
     first = box.failed("case-1:update_alert:a1", "case-1", "action", "update_alert", "a1", "HTTP 500", now=1000.0)
     assert (first.state, first.attempts, first.next_at.timestamp()) == ("pending", 1, 1000.0 + BACKOFF_S[0])
     assert box.due(now=1000.0) == [] and [i.key for i in box.due(now=1000.0 + BACKOFF_S[0])] == [first.key]

@@ -1,5 +1,6 @@
 """End to end, through the CLI in separate processes: the demo, approvals that resume a paused flow
-in another process, crash recovery without repeated actions, cron mode with checkpoint and lock."""
+in another process, crash recovery without repeated actions, cron mode with checkpoint and lock. The demo and
+the crash run twice: with the state in the home's SQLite files, and with `database:` on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,22 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, run_cli
+from conftest import EXAMPLES, demo_config, run_cli
+from servers.postgres import StateDb
 
 DEMO = str(EXAMPLES / "demo.yaml")
 EXPECTED = json.loads((EXAMPLES / "expected.json").read_text(encoding="utf-8"))
-
-
-def _config(tmp_path: Path) -> str:
-    """A copy of the demo config whose home is this test's folder."""
-    text = (EXAMPLES / "demo.yaml").read_text(encoding="utf-8")
-    text = text.replace("home: ../.siemcrew-demo", f"home: {tmp_path / 'home'}")
-    text = text.replace("events: [events]", f"events: [{EXAMPLES / 'events'}]")
-    text = text.replace("alerts: [alerts]", f"alerts: [{EXAMPLES / 'alerts'}]")
-    text = text.replace("assets_file: assets.yaml", f"assets_file: {EXAMPLES / 'assets.yaml'}")
-    path = tmp_path / "siemcrew.yaml"
-    path.write_text(text, encoding="utf-8")
-    return str(path)
 
 
 def _expected_class(alert_id: str) -> str:
@@ -30,13 +20,35 @@ def _expected_class(alert_id: str) -> str:
     return entry.get("expected_verdict") or entry.get("verdict")
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def demo_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    """The demo, run once per engine: the embedded SQLite files, or a fresh PostgreSQL database."""
     tmp = tmp_path_factory.mktemp("demo")
-    config = _config(tmp)
+    database = ""
+    if request.param == "postgresql":
+        server = request.getfixturevalue("postgres")
+        database = f"database: {server.url(server.create_database())}\n"
+    config = demo_config(tmp, database)
     proc = run_cli("demo", "--json", "--config", config, "--home", str(tmp / "home"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return config, json.loads(proc.stdout)
+
+
+def _storage(config: str):  # noqa: ANN202
+    from siemcrew.config.settings import Settings
+    from siemcrew.crew.storage import Storage
+
+    return Storage.from_settings(Settings.load(config))
+
+
+def test_the_state_lives_where_it_is_configured(demo_run: tuple[str, dict]) -> None:
+    config, out = demo_run
+    storage = _storage(config)
+    files = {"cases.db", "approvals.db", "ledger.db", "flows.db", "audit.jsonl"}
+    present = {p.name for p in storage.home.iterdir()} & files
+    assert present == (files if storage.engine == "sqlite" else set()), present
+    assert {c.id for c in storage.cases().list()} == {c["id"] for c in out["cases"]}
+    assert len(storage.approvals().pending()) == len(out["pending"])
 
 
 def test_demo_reaches_the_expected_verdicts_and_shows_every_gate(demo_run: tuple[str, dict]) -> None:
@@ -115,17 +127,13 @@ def test_cron_run_uses_checkpoint_and_lock(demo_run: tuple[str, dict], tmp_path:
     summary = json.loads(again.stdout)
     assert summary["fetched"] == 0 and summary["investigated"] == 0
 
-    from siemcrew.config.settings import Settings
-    from siemcrew.crew.operations import run_lock
-
-    settings = Settings.load(config)
-    with run_lock(settings.home_path / "run.lock"):
+    with _storage(config).run_lock():  # an fcntl lock in the home, or an advisory lock on PostgreSQL
         locked = run_cli("run", "--json", "--config", config)
     assert locked.returncode == 3
 
 
-def test_crash_after_an_action_resumes_without_repeating_it(tmp_path: Path) -> None:
-    config = _config(tmp_path)
+def test_crash_after_an_action_resumes_without_repeating_it(tmp_path: Path, state_db: StateDb) -> None:
+    config = demo_config(tmp_path, state_db.config())
     alert = str(EXAMPLES / "alerts" / "demo-5-powershell-bypass.json")
     crashed = run_cli("investigate", "--alert", alert, "--config", config, "--json",
                       env={"SIEMCREW_FAULT_KILL_AT": "after_action:close_alert"})
@@ -137,14 +145,14 @@ def test_crash_after_an_action_resumes_without_repeating_it(tmp_path: Path) -> N
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     case = json.loads(resumed.stdout)[0]
     assert case["status"] == "closed" and case["verdict"] == "benign"
-    audit = Path(tmp_path / "home" / "audit.jsonl").read_text(encoding="utf-8").splitlines()
-    executed = [json.loads(line) for line in audit if '"kind":"action_start"' in line]
-    assert len([r for r in executed if r["data"]["action"] == "close_alert"]) == 1
-    assert any('"kind":"resume_after_crash"' in line for line in audit)
+    audit = list(_storage(config).audit_log().read())
+    executed = [r for r in audit if r.kind == "action_start"]
+    assert len([r for r in executed if r.data["action"] == "close_alert"]) == 1
+    assert any(r.kind == "resume_after_crash" for r in audit)
 
 
 def test_investigate_rejects_malformed_alerts_clearly(tmp_path: Path) -> None:
-    config = _config(tmp_path)
+    config = demo_config(tmp_path)
     bad = tmp_path / "bad.json"
     bad.write_text('{"id": "x", "rule_name": "r"}', encoding="utf-8")
     proc = run_cli("investigate", "--alert", str(bad), "--config", config)

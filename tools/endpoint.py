@@ -105,18 +105,14 @@ def edr_action(rt: Any, proposal: ActionProposal, comment: str, case: Case, time
         return None
 
     def run() -> tuple[Any, str, str, str | None]:
-        from siemcrew.connectors.edr.executor import ContainmentExecutor, SqliteIdempotencyStore
+        from siemcrew.connectors.edr.executor import ContainmentExecutor
 
         ref = edr.find_host(name=host)
         if ref is None:
             return "failed", edr.name, f"{edr.name} does not know host {host}", None
-        store = SqliteIdempotencyStore(rt.settings.home_path / "edr_tickets.db")
-        try:
-            ticket = ContainmentExecutor.from_settings(rt.edr_settings).execute(
-                edr, action, ref, comment, store, proposal.key(case.id),
-                pid=int(proposal.args["pid"]) if action == "kill_process" else None, timeout_s=timeout_s)
-        finally:
-            store.close()
+        ticket = ContainmentExecutor.from_settings(rt.edr_settings).execute(
+            edr, action, ref, comment, rt.tickets, proposal.key(case.id),
+            pid=int(proposal.args["pid"]) if action == "kill_process" else None, timeout_s=timeout_s)
         return ticket.state, edr.name, f"{action} {host}: {ticket.state} {ticket.detail}"[:500], ticket.ticket_id
 
     return run
