@@ -2,8 +2,9 @@
 
 Each vendor emulator subclasses `EmulatorServer`, registers routes, and says how it spells
 authentication failures and rate limits. The harness gives every emulator the same test levers:
-a request log, queued fault replies (5xx, malformed bodies), a request budget per time window that
-answers 429 with Retry-After, and a lifecycle that decides how asynchronous actions end.
+a request log, queued fault replies (5xx, malformed bodies), lost replies (the request is applied, then the
+connection is closed unanswered), a request budget per time window that answers 429 with Retry-After, and a
+lifecycle that decides how asynchronous actions end.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Reply:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    lost: bool = False  # applied, but the connection is closed before any answer
 
 
 @dataclass
@@ -75,7 +77,9 @@ class EmulatorServer:
         self.log: list[Request] = []
         self.faults: list[Reply] = []
         self.faults_after = 0  # requests served normally before the next fault
+        self.fault_filter: tuple[str | None, str] = (None, "")  # (method, path part) the faults apply to
         self.delays: list[tuple[float, str | None]] = []
+        self.lost_replies: list[tuple[str | None, str]] = []
         self.window_limit: tuple[int, float] | None = None
         self.lifecycle = Lifecycle()
         self.lock = threading.RLock()
@@ -104,17 +108,26 @@ class EmulatorServer:
         """Route `method path-regex` to `handler`; `public` routes (token endpoints) skip auth."""
         self.routes.append((method, re.compile(f"^{pattern}$"), handler, public))
 
-    def fail_next(self, *replies: Reply, after: int = 0) -> None:
+    def fail_next(self, *replies: Reply, after: int = 0, method: str | None = None, path_contains: str = "") -> None:
         """Answer the next requests with these replies before any routing (after the log); with `after=k` the
-        next k requests are served normally first (so a fault can land on a send rather than a read)."""
+        next k requests are served normally first (so a fault can land on a send rather than a read). With
+        `method` / `path_contains`, only matching requests count and get the faults (the vendor refuses them
+        unapplied)."""
         with self.lock:
             self.faults.extend(replies)
             self.faults_after = after
+            self.fault_filter = (method, path_contains)
 
     def delay_next(self, seconds: float, method: str | None = None) -> None:
         """Process the next (`method`) request normally but answer only after `seconds` (client timeouts)."""
         with self.lock:
             self.delays.append((seconds, method))
+
+    def lose_reply_next(self, method: str | None = None, path_contains: str = "", n: int = 1) -> None:
+        """The next `n` matching requests are APPLIED, then the connection is closed unanswered: the client
+        cannot know whether its write happened (as splunkd's `lost_reply`)."""
+        with self.lock:
+            self.lost_replies.extend([(method, path_contains)] * n)
 
     def throttle(self, max_requests: int, window_s: float) -> None:
         """Allow `max_requests` per `window_s`; the rest get 429 with the remaining wait."""
@@ -132,14 +145,21 @@ class EmulatorServer:
             reply = self._dispatch(request)
             if self.delays and self.delays[0][1] in (None, request.method):
                 reply.delay_s = self.delays.pop(0)[0]
+            for rule in self.lost_replies:
+                if rule[0] in (None, request.method) and rule[1] in request.path:
+                    self.lost_replies.remove(rule)
+                    reply.lost = True
+                    break
             return reply
 
     def _dispatch(self, request: Request) -> Reply:
         with self.lock:
             self.log.append(request)
-            if self.faults and self.faults_after > 0:
+            method, path_part = self.fault_filter
+            faulty = self.faults and method in (None, request.method) and path_part in request.path
+            if faulty and self.faults_after > 0:
                 self.faults_after -= 1
-            elif self.faults:
+            elif faulty:
                 return self.decorate(self.faults.pop(0))
             limited = self._rate_limited()
             if limited is not None:
@@ -198,6 +218,13 @@ class EmulatorServer:
                 )
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
+                if reply.lost:
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(2)
+                    except OSError:
+                        pass
+                    return
                 try:
                     self.send_response(reply.status)
                     headers = {"Content-Type": "application/json", **reply.headers}
