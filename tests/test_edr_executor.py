@@ -14,17 +14,14 @@ from emulators.edr_defender import defender_emulator  # noqa: F401
 from emulators.edr_elastic_defend import elastic_defend_emulator  # noqa: F401
 from emulators.edr_falcon import falcon_emulator  # noqa: F401
 from emulators.edr_sentinelone import sentinelone_emulator  # noqa: F401
-from emulators.edr_testkit import SleepRecorder, fast_options, sleeps  # noqa: F401
+from emulators.edr_testkit import KITS, SleepRecorder, VendorKit, fast_options, sleeps  # noqa: F401
 
 from siemcrew.config.edr import CrowdStrikeSettings, DefenderSettings, ElasticDefendSettings, SentinelOneSettings
 from siemcrew.connectors.base import ConnectorError, EdrConnector, HostRef
-from siemcrew.connectors.edr.crowdstrike import FalconEdr
-from siemcrew.connectors.edr.defender import DefenderEdr
-from siemcrew.connectors.edr.elastic_defend import ElasticDefendEdr
 from siemcrew.connectors.edr.common import action_marker
 from siemcrew.connectors.edr.executor import OBSERVED, UNCONFIRMED, ContainmentExecutor, SqliteIdempotencyStore
 from siemcrew.connectors.edr.http import ActionNotSupported
-from siemcrew.connectors.edr.sentinelone import SentinelOneEdr
+from siemcrew.connectors.edr.registry import BUILDERS
 
 COMMENT = "siemcrew case C-42 action contain approved by alice"
 
@@ -35,49 +32,60 @@ class Rig:
     emulator: EmulatorServer
     connector: EdrConnector
     host: HostRef
-    contain_requests: Callable[[], int]
     failure_state: str  # what a vendor-side failure looks like to the executor
-    send_path: str = ""  # the path of the containment request (where a fault lands on the send)
-    action_ids: Callable[[], list[str]] | None = None  # the vendor's own ids of its containment actions, if it lists them
+
+    @property
+    def kit(self) -> VendorKit:
+        return KITS[self.vendor]
+
+    @property
+    def send_path(self) -> str:
+        return self.kit.send_path
+
+    def contain_requests(self) -> int:
+        return len(self.kit.sends(self.emulator))
+
+    def action_ids(self) -> list[str]:
+        """The vendor's own ids of its containment actions (only vendors that keep an action list have them)."""
+        assert self.kit.lists_actions, f"{self.vendor} keeps no action list"
+        return self.kit.applied(self.emulator)
+
+
+def _connect(vendor: str, emulator: Any, sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch,
+             **options: Any) -> EdrConnector:
+    kit = KITS[vendor]
+    for name, value in kit.env.items():
+        monkeypatch.setenv(name, value)
+    settings = SETTINGS[vendor].model_validate(kit.section(emulator))
+    return BUILDERS[vendor](settings, fast_options(sleeps, **options))
 
 
 def _falcon(emulator: Any, sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch, **options: Any) -> Rig:
-    monkeypatch.setenv("FALCON_CLIENT_ID", edr_falcon.CLIENT_ID)
-    monkeypatch.setenv("FALCON_CLIENT_SECRET", edr_falcon.CLIENT_SECRET)
-    connector = FalconEdr(CrowdStrikeSettings(base_url=emulator.base_url), fast_options(sleeps, **options))
     host = HostRef(vendor="crowdstrike", id="4f1c0e5a9b2d4c6e8f0a1b2c3d4e5f60", hostname="WS-042")
     # Falcon reports no failure: a containment that never lands is a timeout.
-    return Rig("crowdstrike", emulator, connector, host, lambda: len(emulator.contain_requests()), "timed_out",
-               "/devices/entities/devices-actions/v2")
+    return Rig("crowdstrike", emulator, _connect("crowdstrike", emulator, sleeps, monkeypatch, **options), host,
+               "timed_out")
 
 
 def _defender(emulator: Any, sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch, **options: Any) -> Rig:
-    monkeypatch.setenv("MDE_CLIENT_ID", edr_defender.CLIENT_ID)
-    monkeypatch.setenv("MDE_CLIENT_SECRET", edr_defender.CLIENT_SECRET)
-    base = emulator.base_url
-    settings = DefenderSettings(tenant_id=edr_defender.TENANT, api_base=base, graph_base=base, login_base=base)
-    connector = DefenderEdr(settings, fast_options(sleeps, **options))
     host = HostRef(vendor="defender", id=edr_defender.MACHINE_ID, hostname="ws-042.contoso.com")
-    return Rig("defender", emulator, connector, host, lambda: len(emulator.isolate_requests()), "failed", "/isolate",
-               lambda: [a["id"] for a in emulator.machine_actions.values() if a["type"] == "Isolate"])
+    return Rig("defender", emulator, _connect("defender", emulator, sleeps, monkeypatch, **options), host, "failed")
 
 
 def _sentinelone(emulator: Any, sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch, **options: Any) -> Rig:
-    monkeypatch.setenv("S1_API_TOKEN", edr_sentinelone.TOKEN)
-    connector = SentinelOneEdr(SentinelOneSettings(base_url=emulator.base_url), fast_options(sleeps, **options))
     host = HostRef(vendor="sentinelone", id=edr_sentinelone.AGENT_ID, hostname="WS-042")
-    return Rig("sentinelone", emulator, connector, host, lambda: len(emulator.disconnect_requests()), "timed_out",
-               "/agents/actions/disconnect")
+    return Rig("sentinelone", emulator, _connect("sentinelone", emulator, sleeps, monkeypatch, **options), host,
+               "timed_out")
 
 
 def _elastic(emulator: Any, sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch, **options: Any) -> Rig:
-    monkeypatch.setenv("KIBANA_API_KEY", edr_elastic_defend.API_KEY)
-    connector = ElasticDefendEdr(ElasticDefendSettings(kibana_url=emulator.base_url), fast_options(sleeps, **options))
     host = HostRef(vendor="elastic_defend", id=edr_elastic_defend.AGENT_ID, hostname="ws-042")
-    return Rig("elastic_defend", emulator, connector, host, lambda: len(emulator.action_requests("isolate")), "failed",
-               "/api/endpoint/action/isolate", lambda: [a["id"] for a in emulator.actions.values() if a["command"] == "isolate"])
+    return Rig("elastic_defend", emulator, _connect("elastic_defend", emulator, sleeps, monkeypatch, **options), host,
+               "failed")
 
 
+SETTINGS: dict[str, Any] = {"crowdstrike": CrowdStrikeSettings, "defender": DefenderSettings,
+                            "sentinelone": SentinelOneSettings, "elastic_defend": ElasticDefendSettings}
 RIGS = {
     "crowdstrike": ("falcon_emulator", _falcon),
     "defender": ("defender_emulator", _defender),
@@ -143,7 +151,7 @@ def test_crash_after_send_resumes_without_a_second_send(
     restarted = RecordingStore(tmp_path / "ledger.db")  # a new process: nothing was recorded
     ticket = executor.execute(rig.connector, "contain", rig.host, COMMENT, restarted, "k1")
     assert ticket.state == "done" and rig.contain_requests() == 1
-    if rig.action_ids is None:  # no action list: the host state shows the action in flight
+    if not rig.kit.lists_actions:  # no action list: the host state shows the action in flight
         assert "already in flight" in restarted.puts[0]["detail"]
     else:  # the vendor's list holds our request (by its marker): its own id is adopted
         assert ticket.ticket_id == rig.action_ids()[0] and "in the vendor's action list" in restarted.puts[0]["detail"]
@@ -277,7 +285,7 @@ def test_a_5xx_send_that_did_not_land_is_sent_again_only_after_the_vendor_shows_
     ticket = executor.execute(rig.connector, "contain", rig.host, COMMENT, store, "k-500")
     assert ticket.state == "done" and rig.connector.host_context(rig.host).containment == "contained"
     assert rig.contain_requests() == 2 and 2.0 in sleeps.waits  # the refused send, then one that landed
-    if rig.action_ids is not None:
+    if rig.kit.lists_actions:
         assert rig.action_ids() == [ticket.ticket_id]
 
 
@@ -291,7 +299,7 @@ def test_a_lost_reply_is_read_back_from_the_vendor_and_never_sent_again(
     store = RecordingStore(tmp_path / "tickets.db")
     ticket = executor.execute(rig.connector, "contain", rig.host, COMMENT, store, "C-42:isolate_host:ws-042")
     assert ticket.state == "done" and rig.contain_requests() == 1
-    if rig.action_ids is None:
+    if not rig.kit.lists_actions:
         assert ticket.ticket_id.startswith(OBSERVED) and "the vendor shows the host" in store.puts[0]["detail"]
     else:
         assert rig.action_ids() == [ticket.ticket_id]
@@ -311,7 +319,7 @@ def test_a_lost_reply_ends_with_the_vendor_actions_own_status(
     rig.emulator.lifecycle.outcome = "fail"
     rig.emulator.lose_reply_next("POST", rig.send_path)
     ticket = executor.execute(rig.connector, "contain", rig.host, COMMENT, SqliteIdempotencyStore(), "k-fail")
-    assert ticket.state == "failed" and rig.action_ids() == [ticket.ticket_id]  # type: ignore[misc]
+    assert ticket.state == "failed" and rig.action_ids() == [ticket.ticket_id]
     assert ("Failed" if vendor == "defender" else "failed: ") in ticket.detail
     assert rig.contain_requests() == 1
 
@@ -359,7 +367,7 @@ def test_someone_elses_isolation_is_never_adopted_and_is_recorded_as_theirs(
     ticket = executor.execute(rig.connector, "contain", rig.host, COMMENT, SqliteIdempotencyStore(), "C-42:isolate_host:x")
     assert ticket.state == "done" and ticket.ticket_id.startswith(OBSERVED)
     assert "already contained" in ticket.detail and "by another actor" in ticket.detail
-    assert ticket.ticket_id not in rig.action_ids()  # type: ignore[misc]
+    assert ticket.ticket_id not in rig.action_ids()
     assert rig.contain_requests() == 0
 
 
@@ -392,9 +400,17 @@ def test_an_observed_ticket_that_timed_out_is_resolved_by_the_vendors_action_lis
     store.put(key, {"vendor": rig.vendor, "action": "contain", "host_id": rig.host.id, "state": "timed_out",
                     "ticket_id": f"{OBSERVED}{rig.host.id}", "detail": "no confirmation within 300s"})
     ticket = executor.execute(rig.connector, "contain", rig.host, COMMENT, store, key)
-    assert ticket.state == "done" and rig.action_ids() == [ticket.ticket_id]  # type: ignore[misc]
+    assert ticket.state == "done" and rig.action_ids() == [ticket.ticket_id]
     assert "found our request in the vendor's action list" in store.puts[1]["detail"]
     assert rig.contain_requests() == 1
+
+
+def test_asking_about_an_action_never_sends_one(rig: Rig, executor: ContainmentExecutor) -> None:
+    """A later run asks about an action (`may_send=False`): with nothing recorded and nothing at the vendor it
+    says so and sends nothing, even though the approval stands."""
+    with pytest.raises(ConnectorError, match="not sent"):
+        executor.execute(rig.connector, "contain", rig.host, COMMENT, SqliteIdempotencyStore(), "k-ask", may_send=False)
+    assert rig.contain_requests() == 0
 
 
 KILL = {"crowdstrike": "/active-responder-command/v1", "elastic_defend": "/api/endpoint/action/kill_process"}

@@ -135,7 +135,10 @@ class ContainmentExecutor:
         pid: int | None = None,
         timeout_s: float | None = None,
         poll_interval_s: float | None = None,
+        may_send: bool = True,
     ) -> ActionTicket:
+        """Run rules 1-3 under `key`. With `may_send=False` (a later run asking about an earlier action) nothing is
+        ever sent: with no ticket recorded, only the vendor's list and host state are read."""
         if action not in ("contain", "release", "kill_process"):
             raise ValueError(f"unknown EDR action {action!r}")
         if action == "kill_process" and pid is None:
@@ -150,14 +153,13 @@ class ContainmentExecutor:
             if ticket.state in FINAL:
                 return ticket
         else:
-            ticket = self._start(connector, action, host, with_marker(comment, marker), marker, pid)
+            ticket = self._start(connector, action, host, with_marker(comment, marker), marker, pid, may_send)
             idempotency.put(key, ticket.model_dump(mode="json"))
         return self._poll(connector, ticket, idempotency, key, timeout, interval)
 
     # -- steps ---------------------------------------------------------------------------------
-    def _start(
-        self, connector: EdrConnector, action: Action, host: HostRef, comment: str, marker: str, pid: int | None
-    ) -> ActionTicket:
+    def _start(self, connector: EdrConnector, action: Action, host: HostRef, comment: str, marker: str,
+               pid: int | None, may_send: bool = True) -> ActionTicket:
         """Rule 2, then the send; a send that raises is read back at once."""
         found = self._lookup(connector, action, host, marker)
         if found.ticket is not None:
@@ -170,6 +172,9 @@ class ContainmentExecutor:
                        f"an action is already in flight ({current}); watching the host instead of sending")
                 ticket = _observed(connector, action, host, why + (f" ({ANOTHER_ACTOR})" if found.looked else ""))
                 return ticket.model_copy(update={"state": "done"}) if done else ticket
+        if not may_send:
+            raise ConnectorError(f"{connector.name}: no {action} of ours is recorded or found at the vendor; "
+                                 "not sent (only an approval sends)")
         for attempt in range(1, SEND_ATTEMPTS + 1):
             since = utcnow() - LOOKBACK
             try:
