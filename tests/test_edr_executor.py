@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -424,6 +425,18 @@ def _kill_ids(rig: Rig) -> list[str]:
     return [a["id"] for a in emulator.actions.values() if a["command"] == "kill-process"]
 
 
+@contextmanager
+def _list_down(rig: Rig, after: int) -> Iterator[None]:
+    """The vendor's action list answers 503 (after `after` good answers) until the block ends."""
+    outage = Reply(503, {"error": "unavailable"})
+    rig.emulator.fail_next(*[outage] * 100, after=after, method="GET", path_contains=KILL_LIST[rig.vendor])
+    try:
+        yield
+    finally:
+        with rig.emulator.lock:
+            rig.emulator.faults = [f for f in rig.emulator.faults if f.reply is not outage]
+
+
 def _kill_requests(rig: Rig) -> list[Any]:
     return [r for r in rig.emulator.requests("POST") if KILL[rig.vendor] in r.path]
 
@@ -457,17 +470,33 @@ def test_a_kill_the_vendor_cannot_be_asked_about_is_unconfirmed_never_failed_and
     unconfirmed (timed out, "check the console"), not failed; once the list answers, the kill is found."""
     rig = build_rig(vendor, request, sleeps, monkeypatch)
     rig.emulator.lose_reply_next("POST", KILL[vendor])
-    outage = [Reply(503, {"error": "unavailable"})] * 8  # the read-back and one poll, 4 attempts each
-    rig.emulator.fail_next(*outage, after=1, method="GET", path_contains=KILL_LIST[vendor])  # after the pre-send look
     store = SqliteIdempotencyStore()
     key = "C-42:kill_process:ws-042:4242"
-    first = executor.execute(rig.connector, "kill_process", rig.host, COMMENT, store, key, pid=4242, timeout_s=0)
+    with _list_down(rig, after=1):  # the pre-send lookup passes; the read-back and the polls do not
+        first = executor.execute(rig.connector, "kill_process", rig.host, COMMENT, store, key, pid=4242, timeout_s=0)
     assert first.state == "timed_out" and first.ticket_id.startswith(UNCONFIRMED)
     assert "may have run" in first.detail and "console" in first.detail
-    assert rig.emulator.faults == []
     later = executor.execute(rig.connector, "kill_process", rig.host, COMMENT, store, key, pid=4242)
     assert later.state == "done" and _kill_ids(rig) == [later.ticket_id]
     assert len(_kill_requests(rig)) == 1
+
+
+def test_an_unconfirmed_send_the_vendor_later_shows_no_sign_of_is_failed_and_never_resent(
+    elastic_defend_emulator: Any, sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch, executor: ContainmentExecutor
+) -> None:
+    """The kill was refused unapplied (503) while the action list was down: unconfirmed. Asked again once the list
+    answers, the vendor holds no kill of ours: failed, saying it did not land, and nothing is sent again."""
+    rig = _elastic(elastic_defend_emulator, sleeps, monkeypatch)
+    unavailable = Reply(503, {"statusCode": 503, "error": "Service Unavailable", "message": "unavailable"})
+    rig.emulator.fail_next(unavailable, method="POST", path_contains=KILL["elastic_defend"])
+    store = SqliteIdempotencyStore()
+    key = "C-42:kill_process:ws-042:4242"
+    with _list_down(rig, after=1):  # the pre-send lookup passes; the read-back and the polls do not
+        first = executor.execute(rig.connector, "kill_process", rig.host, COMMENT, store, key, pid=4242, timeout_s=0)
+    assert first.state == "timed_out" and first.ticket_id.startswith(UNCONFIRMED)
+    later = executor.execute(rig.connector, "kill_process", rig.host, COMMENT, store, key, pid=4242)
+    assert later.state == "failed" and "did not land" in later.detail and "nothing is re-sent" in later.detail
+    assert len(_kill_requests(rig)) == 1 and _kill_ids(rig) == []
 
 
 def test_bad_arguments_are_refused(executor: ContainmentExecutor) -> None:

@@ -166,7 +166,7 @@ class ContainmentExecutor:
             return _note(found.ticket, "an earlier request of ours is in the vendor's action list; nothing sent")
         if action in TARGET_STATE:
             current = connector.host_context(host).containment
-            if current in (TARGET_STATE[action], IN_FLIGHT[action]):
+            if _shows(action, current):
                 done = current == TARGET_STATE[action]
                 why = (f"already {current}; nothing sent" if done else
                        f"an action is already in flight ({current}); watching the host instead of sending")
@@ -215,7 +215,7 @@ class ContainmentExecutor:
                                                               f"not be asked ({unreadable})")
         if found.ticket is not None:
             return _note(found.ticket, f"the send failed ({error}); the vendor's action list has our request")
-        if current is not None and current in (TARGET_STATE[action], IN_FLIGHT[action]):
+        if current is not None and _shows(action, current):
             who = f" ({ANOTHER_ACTOR})" if found.looked else ""
             ticket = _observed(connector, action, host, f"the send failed ({error}); the vendor shows the host "
                                                         f"{current}{who}")
@@ -292,20 +292,26 @@ class ContainmentExecutor:
             return _note(found.ticket, "found our request in the vendor's action list")
         if ticket.action in TARGET_STATE:
             current = connector.host_context(host).containment
-            if ticket.ticket_id.startswith(UNCONFIRMED) and current not in (
-                    TARGET_STATE[ticket.action], IN_FLIGHT[ticket.action]):
-                return ticket.model_copy(update={"state": "failed", "detail": (
-                    f"the earlier send did not land: {connector.name} shows no request of ours and the host is "
-                    f"{current}; nothing was done and nothing is re-sent")[:500]})
+            if ticket.ticket_id.startswith(UNCONFIRMED) and not _shows(ticket.action, current):
+                return _did_not_land(ticket, f"{connector.name} shows no request of ours and the host is {current}")
             polled = ticket_from_state(ticket, current)
             who = f" ({ANOTHER_ACTOR})" if found.looked and ANOTHER_ACTOR in ticket.detail else ""
             return polled.model_copy(update={"detail": polled.detail + who})
         if found.looked and ticket.ticket_id.startswith(UNCONFIRMED):
-            return ticket.model_copy(update={"state": "failed", "detail": (
-                f"the earlier send did not land: {connector.name} holds no {ticket.action} of ours; nothing was done "
-                "and nothing is re-sent")[:500]})
+            return _did_not_land(ticket, f"{connector.name} holds no {ticket.action} of ours")
         why = f"{connector.name} keeps no list to find a {ticket.action} in"
         return ticket.model_copy(update={"state": "pending", "detail": _may_have_run(connector.name, why)})
+
+
+def _shows(action: str, containment: str) -> bool:
+    """The host state shows this containment action landed (target state) or on its way (in flight)."""
+    return containment in (TARGET_STATE[action], IN_FLIGHT[action])
+
+
+def _did_not_land(ticket: ActionTicket, why: str) -> ActionTicket:
+    """An unconfirmed send the vendor, asked later, shows no sign of: failed, and (rule 1) never sent again."""
+    detail = f"the earlier send did not land: {why}; nothing was done and nothing is re-sent"
+    return ticket.model_copy(update={"state": "failed", "detail": detail[:500]})
 
 
 def _may_have_run(vendor: str, why: str) -> str:

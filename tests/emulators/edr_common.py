@@ -20,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from emulators.wire import hang_up
+
 Handler = Callable[["Request", re.Match[str]], "Reply"]
 
 
@@ -62,6 +64,20 @@ class Reply:
 
 
 @dataclass
+class Fault:
+    """A queued fault reply for the requests that match (`method`, a part of the path); `skip` matching requests
+    are served normally before it applies."""
+
+    reply: Reply
+    method: str | None = None
+    path_part: str = ""
+    skip: int = 0
+
+    def matches(self, request: Request) -> bool:
+        return self.method in (None, request.method) and self.path_part in request.path
+
+
+@dataclass
 class Lifecycle:
     """How an emulated asynchronous action ends: after `reads` status reads, succeed, fail or never."""
 
@@ -75,9 +91,7 @@ class EmulatorServer:
     def __init__(self) -> None:
         self.routes: list[tuple[str, re.Pattern[str], Handler, bool]] = []
         self.log: list[Request] = []
-        self.faults: list[Reply] = []
-        self.faults_after = 0  # requests served normally before the next fault
-        self.fault_filter: tuple[str | None, str] = (None, "")  # (method, path part) the faults apply to
+        self.faults: list[Fault] = []
         self.delays: list[tuple[float, str | None]] = []
         self.lost_replies: list[tuple[str | None, str]] = []
         self.window_limit: tuple[int, float] | None = None
@@ -114,9 +128,9 @@ class EmulatorServer:
         `method` / `path_contains`, only matching requests count and get the faults (the vendor refuses them
         unapplied)."""
         with self.lock:
-            self.faults.extend(replies)
-            self.faults_after = after
-            self.fault_filter = (method, path_contains)
+            self.faults.extend(
+                Fault(reply, method, path_contains, after if n == 0 else 0) for n, reply in enumerate(replies)
+            )
 
     def delay_next(self, seconds: float, method: str | None = None) -> None:
         """Process the next (`method`) request normally but answer only after `seconds` (client timeouts)."""
@@ -155,12 +169,12 @@ class EmulatorServer:
     def _dispatch(self, request: Request) -> Reply:
         with self.lock:
             self.log.append(request)
-            method, path_part = self.fault_filter
-            faulty = self.faults and method in (None, request.method) and path_part in request.path
-            if faulty and self.faults_after > 0:
-                self.faults_after -= 1
-            elif faulty:
-                return self.decorate(self.faults.pop(0))
+            fault = next((f for f in self.faults if f.matches(request)), None)
+            if fault is not None and fault.skip > 0:
+                fault.skip -= 1
+            elif fault is not None:
+                self.faults.remove(fault)
+                return self.decorate(fault.reply)
             limited = self._rate_limited()
             if limited is not None:
                 return self.decorate(self.too_many_requests(limited))
@@ -219,11 +233,7 @@ class EmulatorServer:
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
                 if reply.lost:
-                    self.close_connection = True
-                    try:
-                        self.connection.shutdown(2)
-                    except OSError:
-                        pass
+                    hang_up(self)
                     return
                 try:
                     self.send_response(reply.status)

@@ -51,6 +51,7 @@ from emulators.elastic_store import (
     SortKey,
     sort_docs,
 )
+from emulators.wire import hang_up
 
 VERSION = "9.1.0"
 COMPAT_JSON = "application/vnd.elasticsearch+json;compatible-with=9"
@@ -174,11 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         response = self.emulator.dispatch(self.server_kind, self.command, unquote(parts.path), params, multi, headers, raw)
         if response.dropped:
-            self.close_connection = True
-            try:
-                self.connection.shutdown(2)
-            except OSError:
-                pass
+            hang_up(self)
             return
         self._send(response)
 
