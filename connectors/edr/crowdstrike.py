@@ -223,7 +223,8 @@ class FalconEdr(EdrBase):
         if action != "kill_process":
             raise ActionNotSupported(f"{self.name}: device actions keep no list; the device status confirms {action}")
         aid = safe_identifier(host.id, "agent id")
-        fql = f"origin:'{marker}'" + (f"+created_at:>='{iso(since)}'" if since is not None else "")
+        origin = safe_identifier(marker, "marker")  # it goes into FQL
+        fql = f"origin:'{origin}'" + (f"+created_at:>='{iso(since)}'" if since is not None else "")
         ids = self._resources(self.http.get("/real-time-response/queries/sessions/v1", {"filter": fql, "limit": 100}))
         if not ids:
             return None
