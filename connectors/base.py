@@ -173,3 +173,19 @@ class EdrConnector(Protocol):
     def action_status(self, ticket: ActionTicket) -> ActionTicket: ...
 
     def health(self) -> HealthReport: ...
+
+
+@runtime_checkable
+class ActionLookup(Protocol):
+    """The optional capability of EDRs that keep a list of the actions sent to them (Defender's machine actions,
+    Elastic Defend's response actions, Falcon RTR sessions): find the action siemcrew sent under `marker`.
+
+    Why: a send whose reply was lost may still have run. Finding the vendor's own record of it, by the marker
+    siemcrew wrote into the action's comment (or RTR session origin), gives its real ticket and final state; a
+    host snapshot only says what the host looks like, not whose action made it so. Returns None when no action
+    of this kind on this host carries the marker; raises `ActionNotSupported` for an action the vendor keeps no
+    list of (such actions stay confirmed by host state), `ConnectorError` when the list cannot be read.
+    """
+
+    def find_action(self, host: HostRef, action: str, marker: str, since: datetime | None = None
+                    ) -> ActionTicket | None: ...

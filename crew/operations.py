@@ -342,8 +342,10 @@ def drain_outbox(rt: Runtime, now: float | None = None) -> list[OutboxItem]:
 
 
 def reconcile_containment(rt: Runtime) -> list[str]:
-    """Endpoint actions that timed out waiting for the vendor's confirmation: ask the vendor again (the recorded
-    ticket is polled, never re-sent) and record what it says; returns those it still has not confirmed."""
+    """Endpoint actions that timed out waiting for the vendor's confirmation: ask the vendor again and record what it
+    says; returns those it still has not confirmed. The recorded ticket is polled, never re-sent; one the vendor
+    issued no id for (`observed:` host state, `unconfirmed:` no answer) or no longer knows is first looked up in
+    the vendor's action list by siemcrew's marker, so it ends with the vendor's own action id and status."""
     from siemcrew.crew.executor import ENDPOINT_ACTIONS
     from siemcrew.tools.endpoint import edr_action
 
@@ -355,7 +357,8 @@ def reconcile_containment(rt: Runtime) -> list[str]:
         except KeyError:
             continue
         proposal = next((p for p in case.proposals if p.key(case.id) == claim.key), None)
-        ask = edr_action(rt, proposal, "", case, timeout_s=0.0) if proposal and action in ENDPOINT_ACTIONS else None
+        ask = (edr_action(rt, proposal, "", case, timeout_s=0.0, may_send=False)
+               if proposal and action in ENDPOINT_ACTIONS else None)
         if ask is None:
             continue
         try:

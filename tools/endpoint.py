@@ -95,9 +95,10 @@ def endpoint_tools(ctx: Any, names: list[str]) -> list[EvidenceTool]:
     return [tools[n](ctx=ctx) for n in names if n in tools]
 
 
-def edr_action(rt: Any, proposal: ActionProposal, comment: str, case: Case, timeout_s: float | None = None
-               ) -> Callable[[], tuple[Any, str, str, str | None]] | None:
-    """The vendor call for an approved, policy-cleared endpoint action; None when no EDR covers it."""
+def edr_action(rt: Any, proposal: ActionProposal, comment: str, case: Case, timeout_s: float | None = None,
+               may_send: bool = True) -> Callable[[], tuple[Any, str, str, str | None]] | None:
+    """The vendor call for an approved, policy-cleared endpoint action; None when no EDR covers it. With
+    `may_send=False` it only asks the vendor about the action recorded under the proposal's key."""
     action = ACTIONS.get(proposal.action)
     host = str(proposal.args.get("host") or proposal.target.split(":")[0])
     edr = _edr(rt, host)
@@ -112,7 +113,8 @@ def edr_action(rt: Any, proposal: ActionProposal, comment: str, case: Case, time
             return "failed", edr.name, f"{edr.name} does not know host {host}", None
         ticket = ContainmentExecutor.from_settings(rt.edr_settings).execute(
             edr, action, ref, comment, rt.tickets, proposal.key(case.id),
-            pid=int(proposal.args["pid"]) if action == "kill_process" else None, timeout_s=timeout_s)
+            pid=int(proposal.args["pid"]) if action == "kill_process" else None, timeout_s=timeout_s,
+            may_send=may_send)
         return ticket.state, edr.name, f"{action} {host}: {ticket.state} {ticket.detail}"[:500], ticket.ticket_id
 
     return run

@@ -7,6 +7,7 @@ action ids and report completion themselves.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from typing import Any, Literal
@@ -26,6 +27,29 @@ MAX_EVENTS = 1000
 """Upper bound on rows one process/detection call returns (bounded samples; say so when cut)."""
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,254}$")
+_MARKER = re.compile(r"(?<![\w:])siemcrew:[0-9a-f]{12}(?![0-9a-f])")
+
+
+def action_marker(key: str) -> str:
+    """`siemcrew:<12 hex of sha256(key)>`: the same for every process and run that handles this action key, and
+    different for every other key, so a lookup by it finds exactly our request and never someone else's."""
+    return "siemcrew:" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+
+
+def with_marker(comment: str, marker: str) -> str:
+    """The approval comment (case, action, approver) with the marker appended once, as `[siemcrew:…]`."""
+    return comment if carries_marker(comment, marker) else f"{comment} [{marker}]".strip()
+
+
+def carries_marker(text: Any, marker: str) -> bool:
+    """True when `text` holds exactly this marker as a token (not a longer hex run that starts with it)."""
+    return isinstance(text, str) and marker in _MARKER.findall(text)
+
+
+def marker_in(text: str) -> str | None:
+    """The first marker in a comment (Falcon RTR has no comment field: the marker becomes the session origin)."""
+    found = _MARKER.search(text or "")
+    return found.group(0) if found else None
 
 
 def safe_identifier(value: str | None, what: str) -> str:

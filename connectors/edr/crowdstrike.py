@@ -3,11 +3,15 @@
 Containment has no action id: `devices-actions/v2` accepts the request and the device `status`
 moves normal → containment_pending → contained, so the ticket is confirmed by re-reading the host.
 The approval comment travels as the action's `note` parameter. `kill_process` uses Real Time
-Response (`kill <pid>`), which has no comment field: the approval is on siemcrew's own record.
+Response (`kill <pid>`), which has no comment field: the approval is on siemcrew's own record, and siemcrew's
+marker becomes the RTR session's `origin`. `find_action` therefore finds a kill of ours (its session by origin,
+then the session's command log, `with_command_info`); device actions keep no list to search, so containment is
+confirmed by the device status alone.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from siemcrew.config.edr import CrowdStrikeSettings, required_secret
@@ -17,13 +21,14 @@ from siemcrew.connectors.edr.common import (
     MAX_EVENTS,
     Containment,
     EdrBase,
+    marker_in,
     name_candidates,
     newest,
     safe_identifier,
     safe_ip,
     state_ticket,
 )
-from siemcrew.connectors.edr.http import EdrApiError, EdrHttp, HttpOptions
+from siemcrew.connectors.edr.http import ActionNotSupported, EdrApiError, EdrHttp, HttpOptions
 from siemcrew.connectors.edr.mapping import involves_pid, map_records, within
 from siemcrew.crew.models import TimeRange
 from siemcrew.crew.timeutil import iso, parse_time
@@ -175,14 +180,15 @@ class FalconEdr(EdrBase):
         return state_ticket(self.name, action, host)  # type: ignore[arg-type]
 
     def kill_process(self, host: HostRef, pid: int, comment: str) -> ActionTicket:
-        """RTR `kill <pid>`; RTR has no comment field, so `comment` stays on siemcrew's record."""
+        """RTR `kill <pid>`; RTR has no comment field, so `comment` stays on siemcrew's record and its marker (if
+        any) becomes the session's `origin`, where `find_action` looks for it."""
         aid = safe_identifier(host.id, "agent id")
         if int(pid) <= 0:
             raise ConnectorError(f"{self.name}: invalid pid {pid!r}")
         session = self._resources(
             self.http.post(
                 "/real-time-response/entities/sessions/v1",
-                {"device_id": aid, "origin": "siemcrew", "queue_offline": False},
+                {"device_id": aid, "origin": marker_in(comment) or "siemcrew", "queue_offline": False},
                 idempotent=True,  # opening a session changes nothing on the host
             )
         )
@@ -210,6 +216,39 @@ class FalconEdr(EdrBase):
             ticket_id=f"rtr:{request_id}",
             detail="RTR kill queued (Falcon RTR has no comment field)",
         )
+
+    def find_action(self, host: HostRef, action: str, marker: str, since: datetime | None = None
+                    ) -> ActionTicket | None:
+        """A `kill` in the command log of an RTR session of ours on this device whose origin is `marker`."""
+        if action != "kill_process":
+            raise ActionNotSupported(f"{self.name}: device actions keep no list; the device status confirms {action}")
+        aid = safe_identifier(host.id, "agent id")
+        origin = safe_identifier(marker, "marker")  # it goes into FQL
+        fql = f"origin:'{origin}'" + (f"+created_at:>='{iso(since)}'" if since is not None else "")
+        ids = self._resources(self.http.get("/real-time-response/queries/sessions/v1", {"filter": fql, "limit": 100}))
+        if not ids:
+            return None
+        sessions = self._resources(
+            self.http.post(
+                "/real-time-response/entities/sessions/GET/v1",
+                {"ids": [str(i) for i in ids]},
+                params={"with_command_info": "true"},
+                idempotent=True,  # reading sessions changes nothing
+            )
+        )
+        logs = [
+            log
+            for session in sessions
+            if isinstance(session, dict) and session.get("origin") == marker and session.get("device_id") == aid
+            for log in session.get("logs") or []
+            if isinstance(log, dict) and log.get("base_command") == "kill" and log.get("cloud_request_id")
+        ]
+        if not logs:
+            return None
+        log = newest(logs, "created_at")
+        ticket = ActionTicket(vendor=self.name, action="kill_process", host_id=aid,
+                              ticket_id=f"rtr:{log['cloud_request_id']}", detail=f"RTR {log.get('command_string')}")
+        return self.action_status(ticket)
 
     def action_status(self, ticket: ActionTicket) -> ActionTicket:
         if ticket.action != "kill_process":

@@ -6,17 +6,28 @@ alerts) and one for Microsoft Graph (`security/runHuntingQuery`, which replaces 
 read from the latest Isolate/Unisolate machine action. Calls are paced to Defender's published
 limits (100/min for machine APIs, 45/min for hunting) so a busy crew waits instead of drawing 429s.
 There is no kill-by-pid API in Defender, so `kill_process` raises `ActionNotSupported`.
+`find_action` finds siemcrew's own Isolate/Unisolate in the machine-action list: `$filter` on machineId and type
+(the properties Defender filters on), then siemcrew's marker in each action's `requestorComment`.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from siemcrew.config.edr import DefenderSettings, required_secret
 from siemcrew.connectors.base import ActionTicket, ConnectorError, HealthReport, HostContext, HostRef
 from siemcrew.connectors.edr.auth import ClientCredentialsToken
-from siemcrew.connectors.edr.common import MAX_EVENTS, Containment, EdrBase, newest, safe_identifier, safe_ip
+from siemcrew.connectors.edr.common import (
+    MAX_EVENTS,
+    Containment,
+    EdrBase,
+    carries_marker,
+    newest,
+    safe_identifier,
+    safe_ip,
+)
 from siemcrew.connectors.edr.http import ActionNotSupported, EdrApiError, EdrHttp, HttpOptions
 from siemcrew.connectors.edr.mapping import map_records, within
 from siemcrew.crew.models import TimeRange
@@ -31,6 +42,7 @@ _ACTION_STATE = {
     "TimeOut": "timed_out",
 }
 
+_ACTION_TYPE = {"contain": "Isolate", "release": "Unisolate"}
 _PROCESS_COLUMNS = (
     "Timestamp, DeviceId, DeviceName, ProcessId, FileName, FolderPath, ProcessCommandLine, SHA256, "
     "InitiatingProcessId, InitiatingProcessFileName, InitiatingProcessFolderPath, "
@@ -219,6 +231,26 @@ class DefenderEdr(EdrBase):
         return self._ticket(
             ActionTicket(vendor=self.name, action=action, host_id=machine_id, ticket_id=str(result["id"])), result
         )  # type: ignore[arg-type]
+
+    def find_action(self, host: HostRef, action: str, marker: str, since: datetime | None = None
+                    ) -> ActionTicket | None:
+        """The newest Isolate/Unisolate on this machine whose requestorComment carries `marker` (see ActionLookup)."""
+        kind = _ACTION_TYPE.get(action)
+        if kind is None:
+            raise ActionNotSupported(f"{self.name}: no machine action lists a {action}")
+        machine_id = safe_identifier(host.id, "machine id")
+        odata = f"machineId eq {odata_string(machine_id)} and type eq {odata_string(kind)}"
+        if since is not None:
+            odata += f" and creationDateTimeUtc ge {iso(since)}"
+        actions = self._pages("/api/machineactions", {"$filter": odata}, limit=MAX_EVENTS + 1)
+        if len(actions) > MAX_EVENTS:
+            raise EdrApiError(self.name, f"more than {MAX_EVENTS} {kind} actions on {machine_id}: cannot tell ours")
+        ours = [a for a in actions if carries_marker(a.get("requestorComment"), marker) and a.get("id")]
+        if not ours:
+            return None
+        found = newest(ours, "creationDateTimeUtc")
+        ticket = ActionTicket(vendor=self.name, action=action, host_id=machine_id, ticket_id=str(found["id"]))  # type: ignore[arg-type]
+        return self._ticket(ticket, found)
 
     def action_status(self, ticket: ActionTicket) -> ActionTicket:
         action_id = safe_identifier(ticket.ticket_id, "machine action id")

@@ -6,11 +6,14 @@ endpoint's `Endpoint.state.isolation` flag plus Kibana's pending-action counts. 
 come from the `logs-endpoint.events.process-*` data stream when an `elasticsearch_url` is set
 (queried with the real elasticsearch-py client); otherwise from a `running-processes` action,
 which is a live snapshot rather than history (rows say so with `event.kind: state`).
+`find_action` finds siemcrew's own isolate / unisolate / kill-process in Kibana's response-action list
+(`GET /api/endpoint/action` filtered by agentIds and commands), by siemcrew's marker in each action's `comment`.
 """
 
 from __future__ import annotations
 
 import base64
+from datetime import datetime, timedelta
 from typing import Any
 
 from elasticsearch import ApiError, Elasticsearch, TransportError
@@ -22,6 +25,7 @@ from siemcrew.connectors.edr.common import (
     MAX_EVENTS,
     Containment,
     EdrBase,
+    carries_marker,
     name_candidates,
     newest,
     safe_identifier,
@@ -30,9 +34,15 @@ from siemcrew.connectors.edr.common import (
 from siemcrew.connectors.edr.http import EdrApiError, EdrHttp, HttpOptions, Retryable, parse_retry_after, retrying
 from siemcrew.connectors.edr.mapping import involves_pid, map_records, resolve, within
 from siemcrew.crew.models import TimeRange
-from siemcrew.crew.timeutil import iso, parse_time
+from siemcrew.crew.timeutil import iso, parse_time, utcnow
 
 _COMMANDS = {"contain": "isolate", "release": "unisolate", "kill_process": "kill_process"}
+"""The POST path of each action; the action list names the same commands `isolate`, `unisolate`, `kill-process`."""
+_LISTED = {"contain": "isolate", "release": "unisolate", "kill_process": "kill-process"}
+_LIST_PAGE = 100  # the largest page Kibana's action list serves
+_LIST_PAGES = 10
+_LIST_HISTORY = timedelta(days=90)
+"""How far back a lookup without `since` asks: always an explicit startDate, never the list's own default window."""
 _OFFLINE = {"offline", "inactive", "unenrolled"}
 
 
@@ -256,6 +266,28 @@ class ElasticDefendEdr(EdrBase):
         )
         ticket = ActionTicket(vendor=self.name, action=action, host_id=agent_id, ticket_id=_action_id(body))  # type: ignore[arg-type]
         return self._ticket(ticket, _data(body))
+
+    def find_action(self, host: HostRef, action: str, marker: str, since: datetime | None = None
+                    ) -> ActionTicket | None:
+        """The newest response action of this command on this endpoint whose `comment` carries `marker` (the list
+        comes newest first; at most `_LIST_PAGES` pages are read)."""
+        agent_id = safe_identifier(host.id, "agent id")
+        params: dict[str, Any] = {"agentIds": agent_id, "commands": _LISTED[action], "pageSize": _LIST_PAGE,
+                                  "startDate": iso(since or utcnow() - _LIST_HISTORY)}
+        for page in range(1, _LIST_PAGES + 1):
+            body = self.http.get("/api/endpoint/action", {**params, "page": page})
+            rows = body.get("data") if isinstance(body, dict) else None
+            if not isinstance(rows, list):
+                raise EdrApiError(self.name, "malformed action list: no data list")
+            for row in rows:
+                if isinstance(row, dict) and carries_marker(row.get("comment"), marker) and agent_id in (
+                        row.get("agents") or []) and row.get("id"):
+                    ticket = ActionTicket(vendor=self.name, action=action, host_id=agent_id, ticket_id=str(row["id"]))  # type: ignore[arg-type]
+                    return self._ticket(ticket, row)
+            if page * _LIST_PAGE >= int(body.get("total") or 0):
+                return None
+        raise EdrApiError(self.name, f"more than {_LIST_PAGES * _LIST_PAGE} {_LISTED[action]} actions on {agent_id}: "
+                                     "cannot tell whether one is ours")
 
     def action_status(self, ticket: ActionTicket) -> ActionTicket:
         action_id = safe_identifier(ticket.ticket_id, "action id")

@@ -4,7 +4,9 @@ Network quarantine has no action id: `agents/actions/disconnect` answers `{"data
 and the agent's `networkStatus` moves connected → disconnecting → disconnected, so the ticket is
 confirmed by re-reading the agent. The disconnect/connect API has no comment field: the approval
 comment stays on siemcrew's own record (the ticket says so). There is no kill-by-pid API (S1
-mitigates threats, not processes), so `kill_process` raises `ActionNotSupported`.
+mitigates threats, not processes), so `kill_process` raises `ActionNotSupported`. There is no `find_action`
+either: without a comment field no request can carry siemcrew's marker, so a lost reply is reconciled by the
+agent's networkStatus alone (and a host already disconnected cannot be told apart from someone else's work).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Each vendor emulator subclasses `EmulatorServer`, registers routes, and says how it spells
 authentication failures and rate limits. The harness gives every emulator the same test levers:
-a request log, queued fault replies (5xx, malformed bodies), a request budget per time window that
-answers 429 with Retry-After, and a lifecycle that decides how asynchronous actions end.
+a request log, queued fault replies (5xx, malformed bodies), lost replies (the request is applied, then the
+connection is closed unanswered), a request budget per time window that answers 429 with Retry-After, and a
+lifecycle that decides how asynchronous actions end.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from emulators.wire import hang_up
 
 Handler = Callable[["Request", re.Match[str]], "Reply"]
 
@@ -57,6 +60,21 @@ class Reply:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    lost: bool = False  # applied, but the connection is closed before any answer
+
+
+@dataclass
+class Fault:
+    """A queued fault reply for the requests that match (`method`, a part of the path); `skip` matching requests
+    are served normally before it applies."""
+
+    reply: Reply
+    method: str | None = None
+    path_part: str = ""
+    skip: int = 0
+
+    def matches(self, request: Request) -> bool:
+        return self.method in (None, request.method) and self.path_part in request.path
 
 
 @dataclass
@@ -73,9 +91,9 @@ class EmulatorServer:
     def __init__(self) -> None:
         self.routes: list[tuple[str, re.Pattern[str], Handler, bool]] = []
         self.log: list[Request] = []
-        self.faults: list[Reply] = []
-        self.faults_after = 0  # requests served normally before the next fault
+        self.faults: list[Fault] = []
         self.delays: list[tuple[float, str | None]] = []
+        self.lost_replies: list[tuple[str | None, str]] = []
         self.window_limit: tuple[int, float] | None = None
         self.lifecycle = Lifecycle()
         self.lock = threading.RLock()
@@ -104,17 +122,26 @@ class EmulatorServer:
         """Route `method path-regex` to `handler`; `public` routes (token endpoints) skip auth."""
         self.routes.append((method, re.compile(f"^{pattern}$"), handler, public))
 
-    def fail_next(self, *replies: Reply, after: int = 0) -> None:
+    def fail_next(self, *replies: Reply, after: int = 0, method: str | None = None, path_contains: str = "") -> None:
         """Answer the next requests with these replies before any routing (after the log); with `after=k` the
-        next k requests are served normally first (so a fault can land on a send rather than a read)."""
+        next k requests are served normally first (so a fault can land on a send rather than a read). With
+        `method` / `path_contains`, only matching requests count and get the faults (the vendor refuses them
+        unapplied)."""
         with self.lock:
-            self.faults.extend(replies)
-            self.faults_after = after
+            self.faults.extend(
+                Fault(reply, method, path_contains, after if n == 0 else 0) for n, reply in enumerate(replies)
+            )
 
     def delay_next(self, seconds: float, method: str | None = None) -> None:
         """Process the next (`method`) request normally but answer only after `seconds` (client timeouts)."""
         with self.lock:
             self.delays.append((seconds, method))
+
+    def lose_reply_next(self, method: str | None = None, path_contains: str = "", n: int = 1) -> None:
+        """The next `n` matching requests are APPLIED, then the connection is closed unanswered: the client
+        cannot know whether its write happened (as splunkd's `lost_reply`)."""
+        with self.lock:
+            self.lost_replies.extend([(method, path_contains)] * n)
 
     def throttle(self, max_requests: int, window_s: float) -> None:
         """Allow `max_requests` per `window_s`; the rest get 429 with the remaining wait."""
@@ -132,15 +159,22 @@ class EmulatorServer:
             reply = self._dispatch(request)
             if self.delays and self.delays[0][1] in (None, request.method):
                 reply.delay_s = self.delays.pop(0)[0]
+            for rule in self.lost_replies:
+                if rule[0] in (None, request.method) and rule[1] in request.path:
+                    self.lost_replies.remove(rule)
+                    reply.lost = True
+                    break
             return reply
 
     def _dispatch(self, request: Request) -> Reply:
         with self.lock:
             self.log.append(request)
-            if self.faults and self.faults_after > 0:
-                self.faults_after -= 1
-            elif self.faults:
-                return self.decorate(self.faults.pop(0))
+            fault = next((f for f in self.faults if f.matches(request)), None)
+            if fault is not None and fault.skip > 0:
+                fault.skip -= 1
+            elif fault is not None:
+                self.faults.remove(fault)
+                return self.decorate(fault.reply)
             limited = self._rate_limited()
             if limited is not None:
                 return self.decorate(self.too_many_requests(limited))
@@ -198,6 +232,9 @@ class EmulatorServer:
                 )
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
+                if reply.lost:
+                    hang_up(self)
+                    return
                 try:
                     self.send_response(reply.status)
                     headers = {"Content-Type": "application/json", **reply.headers}

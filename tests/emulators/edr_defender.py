@@ -2,8 +2,10 @@
 
 Faithful to `shared/reference/edr.md`: tokens from `/{tenant}/oauth2/v2.0/token` are scoped to one
 audience (Defender API or Graph), errors are `{"error":{"code","message","target"}}` (Entra's own
-`{"error","error_description"}` on the token endpoint), `$filter` works on computerDnsName,
-lastIpAddress and machineId, lists page with `@odata.nextLink`, machine actions go
+`{"error","error_description"}` on the token endpoint), `$filter` works only on the properties each list
+documents (machines: computerDnsName, lastIpAddress, …; machine actions: id, status, machineId, type, requestor,
+creationDateTimeUtc — not requestorComment), with `eq`, `startswith` and date comparisons (`ge`, `gt`, `le`,
+`lt`), lists page with `@odata.nextLink`, machine actions go
 Pending → InProgress → Succeeded | Failed | TimeOut, and a second isolation while one is pending
 is refused with `ActiveRequestAlreadyExists`. `runHuntingQuery` executes the small KQL subset the
 connector writes (table, where ==/=~/between/or, project, order by, take) and rejects the rest.
@@ -15,8 +17,8 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Iterator
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -31,6 +33,14 @@ API_SCOPE = "https://api.securitycenter.microsoft.com/.default"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 
 _ODATA_EQ = re.compile(r"^(\w+) eq '((?:[^']|'')*)'$")
+_ODATA_DATE = re.compile(r"^(\w+) (ge|gt|le|lt) (\d{4}-\d{2}-\d{2}T[\d:.]+Z)$")
+_FILTERABLE = {
+    "Machines": {"computerDnsName", "id", "lastIpAddress", "healthStatus", "osPlatform", "riskScore", "lastSeen",
+                 "exposureLevel", "machineTags", "rbacGroupId", "aadDeviceId", "onboardingStatus", "version"},
+    "MachineActions": {"id", "status", "machineId", "type", "requestor", "creationDateTimeUtc"},
+    "Alerts": {"alertCreationTime", "lastUpdateTime", "incidentId", "InvestigationId", "id", "asssignedTo",
+               "detectionSource", "lastEventTime", "status", "severity", "category"},
+}
 _ODATA_STARTSWITH = re.compile(r"^startswith\((\w+),'((?:[^']|'')*)'\)$")
 _WHERE_CMP = re.compile(r'^(\w+) (==|=~) ("(?:[^"\\]|\\.)*"|-?\d+)$')
 _BETWEEN = re.compile(r"^Timestamp between \(datetime\(([^)]+)\) \.\. datetime\(([^)]+)\)\)$")
@@ -101,6 +111,19 @@ class DefenderEmulator(EmulatorServer):
     def expire_tokens(self) -> None:
         self.tokens.clear()
 
+    def add_action(self, machine_id: str, kind: str, comment: str, status: str = "Succeeded",
+                   requestor: str = "analyst@contoso.com") -> dict[str, Any]:
+        """A machine action someone else sent (from the portal or another tool); `Pending` ones advance as ours do."""
+        now = _utc_now()
+        action = {"id": str(uuid.uuid4()), "type": kind, "scope": "Full" if kind == "Isolate" else None,
+                  "requestor": requestor, "requestorComment": comment, "status": status, "machineId": machine_id,
+                  "computerDnsName": self.machines[machine_id]["computerDnsName"], "creationDateTimeUtc": now,
+                  "lastUpdateDateTimeUtc": now}
+        self.machine_actions[action["id"]] = action
+        if status == "Pending":
+            self.advancer.start(action["id"])
+        return action
+
     def isolate_requests(self) -> list[Request]:
         return [r for r in self.requests("POST") if r.path.endswith("/isolate")]
 
@@ -143,15 +166,14 @@ class DefenderEmulator(EmulatorServer):
         if expression:
             tests = []
             for clause in expression.split(" and "):
-                match = _ODATA_EQ.match(clause.strip()) or _ODATA_STARTSWITH.match(clause.strip())
+                clause = clause.strip()
+                match = _ODATA_EQ.match(clause) or _ODATA_STARTSWITH.match(clause) or _ODATA_DATE.match(clause)
                 if not match:
                     return self.error(400, "ODataError", f"Invalid filter clause: {clause}")
-                tests.append((match[1], match[2].replace("''", "'"), match.re is _ODATA_STARTSWITH))
-            rows = [
-                r
-                for r in rows
-                if all(str(r.get(f)).startswith(v) if prefix else str(r.get(f)) == v for f, v, prefix in tests)
-            ]
+                if match[1] not in _FILTERABLE[context]:
+                    return self.error(400, "ODataError", f"Filtering on property {match[1]} is not supported")
+                tests.append(_odata_test(match))
+            rows = [r for r in rows if all(test(r) for test in tests)]
         skip = int(request.arg("$skip", "0") or 0)
         top = min(int(request.arg("$top", str(self.page_size)) or self.page_size), self.page_size)
         body: dict[str, Any] = {
@@ -202,7 +224,7 @@ class DefenderEmulator(EmulatorServer):
             ):
                 return self.error(400, "ActiveRequestAlreadyExists", f"{kind} action is already in progress")
         action_id = str(uuid.uuid4())
-        now = datetime.now().astimezone().isoformat()
+        now = _utc_now()
         action = {
             "id": action_id,
             "type": kind,
@@ -239,7 +261,7 @@ class DefenderEmulator(EmulatorServer):
             action["status"] = "InProgress"
         else:
             action["status"] = "Succeeded" if verdict == "succeed" else self.fail_status
-        action["lastUpdateDateTimeUtc"] = datetime.now().astimezone().isoformat()
+        action["lastUpdateDateTimeUtc"] = _utc_now()
 
     # -- hunting -----------------------------------------------------------------------------
     def hunt(self, request: Request, _: re.Match[str]) -> Reply:
@@ -258,6 +280,28 @@ class DefenderEmulator(EmulatorServer):
                 "results": rows,
             },
         )
+
+
+def _odata_test(match: re.Match[str]) -> Callable[[dict[str, Any]], bool]:
+    """One `$filter` clause as a row predicate (eq, startswith, or a date comparison)."""
+    field_name = match[1]
+    if match.re is _ODATA_DATE:
+        bound, op = _instant(match[3]), match[2]
+        compare = {"ge": bound.__le__, "gt": bound.__lt__, "le": bound.__ge__, "lt": bound.__gt__}[op]
+        return lambda row: row.get(field_name) is not None and compare(_instant(str(row[field_name])))
+    value = match[2].replace("''", "'")
+    if match.re is _ODATA_STARTSWITH:
+        return lambda row: str(row.get(field_name)).startswith(value)
+    return lambda row: str(row.get(field_name)) == value
+
+
+def _utc_now() -> str:
+    """Defender's timestamps: UTC with a `Z` (e.g. 2018-12-04T12:18:27.1293487Z)."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def run_kql(query: str, tables: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -4,7 +4,9 @@ Faithful to `shared/reference/edr.md` and `elastic.md`: Kibana answers errors in
 `{"statusCode","error","message"}`, refuses non-GET requests without `kbn-xsrf`, serves spaces under
 `/s/{space}`, gates isolation (not release) on a Platinum licence, and reports response actions as
 `{"data":{id,isCompleted,wasSuccessful,isExpired,status,outputs}}` (POSTs also carry a top-level
-`action`). The Elasticsearch side (`/{index}/_search`) sends `X-Elastic-Product: Elasticsearch` so
+`action`). `GET /api/endpoint/action` lists them newest first, each with its `comment`, filtered by `agentIds`,
+`commands` (named `isolate`, `unisolate`, `kill-process`, `running-processes`), `startDate`/`endDate` and paged
+by `page` (from 1) / `pageSize`. The Elasticsearch side (`/{index}/_search`) sends `X-Elastic-Product: Elasticsearch` so
 the real elasticsearch-py 9 client accepts it, and errors in the ES envelope.
 """
 
@@ -24,6 +26,12 @@ from emulators.edr_common import Advancer, EmulatorServer, Reply, Request, resol
 
 API_KEY = base64.b64encode(b"key-id:elastic-test-api-key").decode()
 SPACE = r"(?:/s/(?P<space>[a-z0-9_-]+))?"
+_COMMAND_NAMES = {
+    "isolate": "isolate",
+    "unisolate": "unisolate",
+    "kill_process": "kill-process",
+    "running_procs": "running-processes",
+}
 _KUERY = re.compile(r'^(?P<field>[\w.]+):"?(?P<value>[^"]*)"?$')
 _KUERY_FIELDS = {
     "united.endpoint.host.hostname": "host.hostname",
@@ -53,6 +61,7 @@ class ElasticDefendEmulator(EmulatorServer):
             f"{SPACE}/api/endpoint/action/(?P<command>isolate|unisolate|kill_process|running_procs)",
             self.create_action,
         )
+        self.add("GET", f"{SPACE}/api/endpoint/action", self.list_actions)
         self.add("GET", f"{SPACE}/api/endpoint/action/(?P<id>[^/]+)", self.get_action)
         self.add("POST", f"{SPACE}/api/detection_engine/signals/search", self.signals_search)
         self.add("POST", "/(?P<index>[^/_][^/]*)/_search", self.es_search)
@@ -111,6 +120,16 @@ class ElasticDefendEmulator(EmulatorServer):
         self.endpoints[agent_id] = info
         return info
 
+    def add_action(self, agent_id: str, command: str, comment: str, created_by: str = "analyst") -> dict[str, Any]:
+        """A completed response action someone else sent from the Kibana console (its effect applied)."""
+        action = {"id": str(uuid.uuid4()), "agents": [agent_id], "agentType": "endpoint", "command": command,
+                  "comment": comment, "parameters": None, "createdBy": created_by, "startedAt": _now(),
+                  "isCompleted": False, "isExpired": False, "wasSuccessful": False, "status": "pending", "errors": [],
+                  "outputs": {}}
+        self.actions[action["id"]] = action
+        self._complete(action)
+        return action
+
     def action_requests(self, command: str) -> list[Request]:
         return [r for r in self.requests("POST") if r.path.endswith(f"/api/endpoint/action/{command}")]
 
@@ -157,7 +176,7 @@ class ElasticDefendEmulator(EmulatorServer):
             "id": action_id,
             "agents": ids,
             "agentType": body.get("agent_type", "endpoint"),
-            "command": command.replace("running_procs", "running-processes"),
+            "command": _COMMAND_NAMES[command],
             "comment": body.get("comment"),
             "parameters": body.get("parameters"),
             "createdBy": "soc-crew",
@@ -172,6 +191,40 @@ class ElasticDefendEmulator(EmulatorServer):
         self.actions[action_id] = action
         self.advancer.start(action_id)
         return Reply(200, {"action": action_id, "data": dict(action)})
+
+    def list_actions(self, request: Request, _: re.Match[str]) -> Reply:
+        """Kibana's response-action list: newest first, filtered and paged as its query schema allows."""
+        commands, agent_ids = request.args("commands"), request.args("agentIds")
+        unknown = set(commands) - set(_COMMAND_NAMES.values())
+        if unknown or len(agent_ids) > 50:
+            return self.boom(400, "Bad Request", f"[request query]: invalid commands {sorted(unknown)} or >50 agentIds")
+        page, size = int(request.arg("page", "1") or 1), int(request.arg("pageSize", "10") or 10)
+        if page < 1 or not 1 <= size <= 10000:
+            return self.boom(400, "Bad Request", "[request query.page]: page >= 1, 1 <= pageSize <= 10000")
+        start, end = _time(request.arg("startDate")), _time(request.arg("endDate"))
+        rows = [
+            a
+            for a in self.actions.values()
+            if (not commands or a["command"] in commands)
+            and (not agent_ids or set(a["agents"]) & set(agent_ids))
+            and (start is None or _time(a["startedAt"]) >= start)
+            and (end is None or _time(a["startedAt"]) <= end)
+        ]
+        rows.sort(key=lambda a: a["startedAt"], reverse=True)
+        for action in rows:
+            if self.advancer.active(action["id"]):
+                self._tick(action)
+        body = {
+            "page": page,
+            "pageSize": size,
+            "total": len(rows),
+            "startDate": request.arg("startDate"),
+            "endDate": request.arg("endDate"),
+            "elasticAgentIds": agent_ids,
+            "commands": commands,
+            "data": [{k: v for k, v in a.items() if k != "outputs"} for a in rows[(page - 1) * size : page * size]],
+        }
+        return Reply(200, body)
 
     def get_action(self, request: Request, match: re.Match[str]) -> Reply:
         action = self.actions.get(match["id"])

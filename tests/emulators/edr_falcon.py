@@ -3,7 +3,10 @@
 Faithful to `shared/reference/edr.md`: every body is the `{"meta","resources","errors"}` envelope,
 tokens come from `POST /oauth2/token` (form) and last `token_ttl` seconds, containment moves a
 device's `status` through `containment_pending` before `contained` (as many host reads as the
-lifecycle says), and every response carries `X-Ratelimit-Limit` / `X-Ratelimit-Remaining`.
+lifecycle says), and every response carries `X-Ratelimit-Limit` / `X-Ratelimit-Remaining`. RTR sessions keep
+their `origin` and a command log (`logs`: base_command, command_string, cloud_request_id, created_at), listed by
+`GET /real-time-response/queries/sessions/v1` (FQL filter, the caller's own sessions only) and read by
+`POST /real-time-response/entities/sessions/GET/v1`, whose `logs` appear only `with_command_info=true`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -38,7 +41,7 @@ class FalconEmulator(EmulatorServer):
         self.processes: dict[str, set[int]] = {}
         self.actions: list[dict[str, Any]] = []
         self.commands: dict[str, dict[str, Any]] = {}
-        self.sessions: dict[str, str] = {}
+        self.sessions: dict[str, dict[str, Any]] = {}
         self._before: dict[str, str] = {}
         self.advancer = Advancer(self)
         self.add("POST", "/oauth2/token", self.token, public=True)
@@ -49,6 +52,8 @@ class FalconEmulator(EmulatorServer):
         self.add("GET", "/alerts/queries/alerts/v2", self.query_alerts)
         self.add("POST", "/alerts/entities/alerts/v2", self.get_alerts)
         self.add("POST", "/real-time-response/entities/sessions/v1", self.rtr_session)
+        self.add("GET", "/real-time-response/queries/sessions/v1", self.rtr_query_sessions)
+        self.add("POST", "/real-time-response/entities/sessions/GET/v1", self.rtr_get_sessions)
         self.add("POST", "/real-time-response/entities/active-responder-command/v1", self.rtr_command)
         self.add("GET", "/real-time-response/entities/active-responder-command/v1", self.rtr_status)
 
@@ -111,6 +116,9 @@ class FalconEmulator(EmulatorServer):
 
     def expire_tokens(self) -> None:
         self.tokens.clear()
+
+    def kill_requests(self) -> list[Request]:
+        return self.requests("POST", "/real-time-response/entities/active-responder-command/v1")
 
     def contain_requests(self) -> list[Request]:
         return [
@@ -200,22 +208,61 @@ class FalconEmulator(EmulatorServer):
 
     # -- real time response ------------------------------------------------------------------
     def rtr_session(self, request: Request, _: re.Match[str]) -> Reply:
-        aid = (request.json() or {}).get("device_id")
+        body = request.json() or {}
+        aid = body.get("device_id")
         if aid not in self.devices:
             return self.error(404, "Device not found")
         session_id = str(uuid.uuid4())
-        self.sessions[session_id] = aid
+        self.sessions[session_id] = {
+            "id": session_id,
+            "device_id": aid,
+            "hostname": self.devices[aid]["hostname"],
+            "origin": body.get("origin") or "",
+            "user_id": CLIENT_ID,
+            "created_at": _now(),
+            "logs": [],
+        }
         return Reply(201, self.envelope([{"session_id": session_id, "scripts": [], "existing_aid_sessions": 1}]))
+
+    def rtr_query_sessions(self, request: Request, _: re.Match[str]) -> Reply:
+        matcher = fql(request.arg("filter"))
+        if matcher is None:
+            return self.error(400, "Invalid filter")
+        ids = [s["id"] for s in sorted(self.sessions.values(), key=lambda s: s["created_at"]) if matcher(s)]
+        offset, limit = int(request.arg("offset", "0") or 0), int(request.arg("limit", "100") or 100)
+        page = ids[offset : offset + limit]
+        return Reply(200, self.envelope(page, pagination={"offset": offset, "limit": limit, "total": len(ids)}))
+
+    def rtr_get_sessions(self, request: Request, _: re.Match[str]) -> Reply:
+        with_logs = (request.arg("with_command_info") or "").lower() in ("true", "1")
+        found = []
+        for session_id in (request.json() or {}).get("ids") or []:
+            session = self.sessions.get(session_id)
+            if session is not None:
+                shown = {k: v for k, v in session.items() if k != "logs"}
+                found.append({**shown, "logs": [dict(log) for log in session["logs"]]} if with_logs else shown)
+        return Reply(200, self.envelope(found))
 
     def rtr_command(self, request: Request, _: re.Match[str]) -> Reply:
         body = request.json() or {}
-        aid = self.sessions.get(body.get("session_id"))
-        if aid is None:
+        session = self.sessions.get(body.get("session_id"))
+        if session is None:
             return self.error(404, "Session not found")
+        aid = session["device_id"]
         match = re.fullmatch(r"kill (\d+)", body.get("command_string") or "")
         if body.get("base_command") != "kill" or not match:
             return self.error(400, "unsupported command")
         request_id = str(uuid.uuid4())
+        session["logs"].append({
+            "id": len(session["logs"]) + 1,
+            "session_id": session["id"],
+            "cloud_request_id": request_id,
+            "base_command": "kill",
+            "command_string": body["command_string"],
+            "current_directory": "C:\\",
+            "created_at": _now(),
+            "updated_at": _now(),
+        })
         self.commands[request_id] = {"aid": aid, "pid": int(match.group(1)), "complete": False, "stderr": ""}
         self.advancer.start(request_id)
         return Reply(
@@ -282,6 +329,10 @@ def fql(expression: str | None):
         return True
 
     return predicate
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _moment(value: Any) -> datetime | None:

@@ -34,6 +34,7 @@ class SentinelOneEmulator(EmulatorServer):
         self.dv_events: list[dict[str, Any]] = []
         self.dv_lifecycle = Lifecycle(outcome="succeed", reads=2)
         self.dv_queries: dict[str, dict[str, Any]] = {}
+        self.applied: list[tuple[str, str]] = []  # (disconnect | connect, agent id) the API acted on
         self.advancer = Advancer(self)
         self.dv_advancer = Advancer(self, self.dv_lifecycle)
         self.add("GET", f"{API}/agents", self.list_agents)
@@ -131,6 +132,7 @@ class SentinelOneEmulator(EmulatorServer):
             if agent["id"] in ids and agent["networkStatus"] not in (moving, settled):
                 agent["networkStatus"] = moving
                 self.advancer.start(agent["id"])
+                self.applied.append((match["verb"], agent["id"]))
                 affected += 1
         return Reply(200, {"data": {"affected": affected}})
 

@@ -9,11 +9,12 @@ Protocol facts reproduced (see /work/shared/reference/elastic.md):
     the `logs-*-*` data-stream template clash, ES|QL (`POST /_query`) and EQL;
   * Kibana (separate port): API key / basic auth, `kbn-xsrf` on non-GET with the Boom envelope,
     `/s/{space}` prefixes, signals status, cases, comments (`elastic_kibana`).
-Faults on demand: `fail_next("429"|"502"|"503"|"504"|"timeout"|"bulk_item_429"|"pit_gone", n, server=...)`, and
+Faults on demand: `fail_next("429"|"502"|"503"|"504"|"timeout"|"drop"|"bulk_item_429"|"pit_gone", n, server=...)`, and
 modes `"es8"` (rejects compatible-with=9 like an 8.x cluster), `"no_product_header"`, `"opensearch"`.
 
 A "timeout" fault applies the request and then sleeps past the client's timeout, so the client never
-sees an answer to a request that did happen (the reason writes are not retried blindly).
+sees an answer to a request that did happen (the reason writes are not retried blindly). A "drop" fault
+closes the connection unanswered WITHOUT applying the request (a proxy or load balancer cutting it).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from emulators.elastic_store import (
     SortKey,
     sort_docs,
 )
+from emulators.wire import hang_up
 
 VERSION = "9.1.0"
 COMPAT_JSON = "application/vnd.elasticsearch+json;compatible-with=9"
@@ -105,6 +107,7 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str | None = None
     delay: float = 0.0
+    dropped: bool = False  # close the connection without answering
 
 
 def make_test_certificates(directory: Path) -> tuple[Path, Path, Path]:
@@ -171,6 +174,9 @@ class _Handler(BaseHTTPRequestHandler):
         multi = parse_qsl(parts.query, keep_blank_values=True)
         headers = {k.lower(): v for k, v in self.headers.items()}
         response = self.emulator.dispatch(self.server_kind, self.command, unquote(parts.path), params, multi, headers, raw)
+        if response.dropped:
+            hang_up(self)
+            return
         self._send(response)
 
     def _send(self, response: Response) -> None:
@@ -321,7 +327,7 @@ class ElasticEmulator:
     def fail_next(
         self, kind: str, n: int = 1, server: str = "es", path: str | None = None, retry_after: str = "1", method: str | None = None
     ) -> None:
-        """The next `n` matching requests fail with `kind` (429/502/503/504/timeout/bulk_item_429/pit_gone)."""
+        """The next `n` matching requests fail with `kind` (429/502/503/504/timeout/drop/bulk_item_429/pit_gone)."""
         with self.lock:
             self.faults.append(Fault(kind, n, server, path, retry_after, method))
 
@@ -356,9 +362,11 @@ class ElasticEmulator:
                 pass
         with self.lock:
             self.requests.append(Recorded(server, method, path, dict(params), dict(headers), body))
-            fault = self._take_fault(server, path, ("429", "502", "503", "504", "timeout"), method)
+            fault = self._take_fault(server, path, ("429", "502", "503", "504", "timeout", "drop"), method)
             if self._take_fault(server, path, ("pit_gone",), method) is not None:
                 self.pits.clear()
+        if fault is not None and fault.kind == "drop":
+            return Response(0, dropped=True)
         if fault is not None and fault.kind != "timeout":
             return self._fault_response(server, fault, headers)
         if server == "kibana":

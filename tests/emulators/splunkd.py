@@ -46,6 +46,7 @@ from urllib.parse import parse_qs, quote, unquote, unquote_plus, urlsplit
 from xml.sax.saxutils import escape
 
 from emulators.splunk_spl import SplEngine, SplError, parse_time_arg, render_row
+from emulators.wire import hang_up
 
 STATUS_LABELS = {"0": "Unassigned", "1": "New", "2": "In Progress", "3": "Pending", "4": "Resolved", "5": "Closed"}
 MAX_RESULT_ROWS = 50_000
@@ -453,11 +454,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         except _Drop:
             log.status = -1
-            self.close_connection = True
-            try:
-                self.connection.shutdown(2)
-            except OSError:
-                pass
+            hang_up(self)
             return
         except _Reply as reply:
             log.status = reply.status
