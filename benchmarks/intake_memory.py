@@ -81,7 +81,7 @@ def config(folder: Path, port: int) -> Path:
     path = folder / "siemcrew.yaml"
     path.write_text(yaml.safe_dump({
         "home": str(folder / "home"), "source": "local",
-        "local": {"events": [str(ROOT / "examples" / "events")]},
+        "local": {"events": [str(ROOT / "examples" / "events")]}, "assets_file": str(ROOT / "examples" / "assets.yaml"),
         "serve": {"host": "127.0.0.1", "port": port, "token_env": "BENCH_SERVE_TOKEN"},
     }), encoding="utf-8")
     return path

@@ -330,7 +330,7 @@ class Reasoner:
         if key in _MEMO:
             return _MEMO[key]
         result = self._assess()
-        if len(_MEMO) > 256:
+        if len(_MEMO) > 32:  # repeated within one case (every stage asks); never needed across many cases
             _MEMO.clear()
         _MEMO[key] = result
         return result
