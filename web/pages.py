@@ -41,7 +41,7 @@ STATUSES = ("awaiting_approval", "escalated", "investigating", "new", "failed", 
 VERDICTS = ("malicious", "suspicious", "inconclusive", "benign")
 MAX_FORM_BYTES = 16_384
 QUEUE_LIMIT = 500
-REFRESH_S = 15
+REFRESH_S = 10
 
 
 def _safe_next(value: str | None) -> str:
@@ -235,7 +235,7 @@ def pages_router(settings: Settings, runtime: Callable[[], Any]) -> APIRouter:
             latest = [a for a in decisions if (a.action, a.target) == (action, target)]
             if latest:
                 a = latest[-1]
-                message = (f"{a.decision}d {a.action} {a.target} as {a.by}; the case is now "
+                message = (f"{'approved' if a.decision == 'approve' else 'denied'} {a.action} {a.target} as {a.by}; the case is now "
                            f"{case.status.replace('_', ' ')}")
         audit = list(rt.audit.read(case_id=case_id))
         return case_page(case, pending, audit, targets, person=session.person, csrf=session.csrf,
