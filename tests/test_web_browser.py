@@ -32,20 +32,15 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
-    """The demo investigated into a fresh home (plus a case made of injection payloads), served on loopback."""
-    from siemcrew.config.settings import Settings
-    from siemcrew.crew.runtime import Runtime
-
+    """The demo investigated into a fresh home, served on loopback."""
     root = tmp_path_factory.mktemp("web")
     home = root / "home"
     done = run_cli("demo", "--home", str(home), env={"SIEMCREW_HOME": str(home)}, timeout=400)
     assert done.returncode in (0, 4), done.stderr[-2000:]
-    rt = Runtime(Settings.load(EXAMPLES / "demo.yaml", home=str(home)), siem=SimpleNamespace(name="local"))
-    evil = xss_case(rt)
     with serve(EXAMPLES / "demo.yaml", {"SIEMCREW_HOME": str(home), **TOKENS}, root / "serve.log") as (base, log):
         api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {INTAKE}"}, timeout=120)
         cases = {c["rule"]: c["id"] for c in api.get("/v1/cases").json()}
-        yield SimpleNamespace(base=base, log=log, api=api, cases=cases, evil=evil.id, root=root, home=home)
+        yield SimpleNamespace(base=base, log=log, api=api, cases=cases, root=root, home=home)
         api.close()
 
 
@@ -117,7 +112,17 @@ def test_a_viewer_opens_the_queue_a_case_and_an_evidence_link(site: SimpleNamesp
     assert css(browser, "span.verdict.v-malicious") and css(browser, "svg.tree a") and css(browser, "svg.graph path.e-lateral")
     assert not css(browser, "button.approve") and "viewers can read, not decide" in browser.page_source
     browser.save_screenshot(str(shots(tmp_path) / "case.png"))
-    link = css(browser, "table.timeline a.ev")[0]
+    from selenium.webdriver.common.keys import Keys
+
+    browser.find_element("tag name", "body").send_keys(Keys.TAB)  # keyboard: the first stop skips to the content
+    assert browser.execute_script("return document.activeElement.textContent") == "Skip to content"
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    wait_for(browser, lambda d: d.execute_script("return document.activeElement.id") == "content", "focus on main")
+    context = css(browser, "table.timeline tr.context")
+    assert context and not any(row.is_displayed() for row in context)  # the chain first; context on request
+    css(browser, "label[for=show-context]")[0].click()
+    assert all(row.is_displayed() for row in context[:5])
+    link = css(browser, "table.timeline tr.chain a.ev")[0]
     evidence_id = link.text
     link.click()
     wait_for(browser, lambda d: d.current_url.endswith(f"#evidence-{evidence_id}"), "the evidence anchor")
@@ -191,12 +196,17 @@ def test_the_queue_refreshes_without_a_reload(site: SimpleNamespace, browser: An
 
 
 def test_injected_markup_never_runs_in_the_browser(site: SimpleNamespace, browser: Any, tmp_path: Path) -> None:
-    sign_in(browser, site.base, ALICE, f"/cases/{site.evil}")
+    from siemcrew.config.settings import Settings
+    from siemcrew.crew.runtime import Runtime
+
+    rt = Runtime(Settings.load(EXAMPLES / "demo.yaml", home=str(site.home)), siem=SimpleNamespace(name="local"))
+    evil = xss_case(rt).id  # stored in the home serve reads: a case whose every log-derived field attacks the page
+    sign_in(browser, site.base, ALICE, f"/cases/{evil}")
     report = tmp_path / "report.html"
-    done = run_cli("report", site.evil, "--format", "html", "--out", str(report), "--config", str(EXAMPLES / "demo.yaml"),
+    done = run_cli("report", evil, "--format", "html", "--out", str(report), "--config", str(EXAMPLES / "demo.yaml"),
                    env={"SIEMCREW_HOME": str(site.home)})
     assert done.returncode == 0, done.stderr
-    for url in (f"{site.base}/cases/{site.evil}", f"{site.base}/?q=xss", report.as_uri()):
+    for url in (f"{site.base}/cases/{evil}", f"{site.base}/?q=xss", report.as_uri()):
         browser.get(url)
         wait_for(browser, lambda d: d.execute_script("return document.readyState") == "complete", "the page")
         for element in css(browser, "a, code, td, h1, h3")[:400]:  # hover and focus what could carry a handler

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from siemcrew.crew.models import ActionProposal, ActionResult, Approval, Case, Evidence, PolicyDecision
 from siemcrew.web.deeplinks import LinkTargets, SiemLink, links_for
 from siemcrew.web.graph import Graph, build_graph
@@ -68,7 +70,8 @@ class CaseView:
 
 
 def _row_text(row: dict[str, Any]) -> str:
-    return json.dumps(row, ensure_ascii=False, default=str, sort_keys=True)
+    """A sample row as one line of JSON (orjson: a 200-item case has 4 000 of them)."""
+    return orjson.dumps(row, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str).decode()
 
 
 def _chain(case: Case) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from siemcrew.crew.indicators import account, short_host
@@ -66,8 +67,13 @@ class Graph:
 
 
 def _ip(value: Any) -> str | None:
+    return _address(str(value)) if value not in (None, "") else None
+
+
+@lru_cache(maxsize=4096)
+def _address(value: str) -> str | None:
     try:
-        address = ipaddress.ip_address(str(value).strip())
+        address = ipaddress.ip_address(value.strip())
     except ValueError:
         return None
     if address.is_loopback or address.is_unspecified or address.is_link_local:

@@ -2,7 +2,7 @@
 
 Rows are recorded evidence rows (never a model's words); each one names the evidence item(s) it came
 from so the page links it to `#evidence-<id>`. The chain's rows come first in importance: they are kept
-whole, context rows fill the rest up to `limit`.
+whole; context rows, nearest the alert's time first, fill the rest up to `limit`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from siemcrew.crew.chain import Chain
 from siemcrew.crew.indicators import account, short_host
-from siemcrew.crew.models import Case, canonical_json
+from siemcrew.crew.models import Case
 from siemcrew.crew.timeutil import parse_time
 
 # Sysmon and Windows Security event codes, as people name them
@@ -63,28 +65,30 @@ def _what(row: dict[str, Any]) -> str:
     return ""
 
 
-def _row(row: dict[str, Any], evidence_id: str, relation: str) -> TimelineRow:
+def _row(row: dict[str, Any], evidence_ids: list[str], relation: str) -> TimelineRow:
     code = str(row.get("event.code") or "")
     return TimelineRow(at=parse_time(row.get("@timestamp")), host=short_host(row.get("host.hostname")),
                        event=EVENT_NAMES.get(code, str(row.get("event.action") or code or "event")),
-                       what=_what(row), who=account(row) or "", relation=relation, evidence_ids=[evidence_id])
+                       what=_what(row), who=account(row) or "", relation=relation, evidence_ids=evidence_ids)
 
 
 def build_timeline(case: Case, chain: Chain | None, limit: int = 400) -> tuple[list[TimelineRow], int]:
-    """(rows ordered by time, rows left out past `limit`)."""
-    rows: dict[str, TimelineRow] = {}
+    """(rows ordered by time, rows left out past `limit`): every chain row, then the context rows nearest
+    the alert's time. Rows are deduplicated by content; a row recorded by several queries names them all."""
+    found: dict[bytes, tuple[dict[str, Any], list[str], list[str]]] = {}  # row, evidence ids, [relation]
 
     def add(row: dict[str, Any] | None, evidence_id: str | None, relation: str) -> None:
         if not row or not evidence_id or not row.get("@timestamp"):
             return
-        key = canonical_json(row)
-        found = rows.get(key)
-        if found is None:
-            rows[key] = _row(row, evidence_id, relation)
-        elif evidence_id not in found.evidence_ids:
-            found.evidence_ids.append(evidence_id)
-            if found.relation == "context":
-                found.relation = relation
+        key = orjson.dumps(row, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
+        entry = found.get(key)
+        if entry is None:
+            found[key] = (row, [evidence_id], [relation])
+            return
+        if evidence_id not in entry[1]:
+            entry[1].append(evidence_id)
+        if entry[2][0] == "context":
+            entry[2][0] = relation
 
     if chain is not None:
         for node in chain.members():
@@ -98,12 +102,18 @@ def build_timeline(case: Case, chain: Chain | None, limit: int = 400) -> tuple[l
         if item.status == "ok" and item.kind in CONTEXT_KINDS:
             for row in item.sample:
                 add(row, item.id, "context")
-    ordered = list(rows.values())
-    kept = [r for r in ordered if r.in_chain]
-    context = [r for r in ordered if not r.in_chain]
-    room = max(limit - len(kept), 0)
-    kept += context[:room]
-    dropped = len(ordered) - len(kept)
+    chain_rows = [e for e in found.values() if e[2][0] != "context"]
+    context = [e for e in found.values() if e[2][0] == "context"]
+    room = max(limit - len(chain_rows), 0)
+    if len(context) > room:
+        moment = case.alert.timestamp if case.alerts else None
+
+        def distance(entry: tuple[dict[str, Any], list[str], list[str]]) -> float:
+            at = parse_time(entry[0].get("@timestamp"))
+            return abs((at - moment).total_seconds()) if at and moment else float("inf")
+
+        context.sort(key=distance)
+    kept = [_row(row, ids, relation[0]) for row, ids, relation in chain_rows + context[:room]]
     floor = datetime.max.replace(tzinfo=None)
     kept.sort(key=lambda r: (r.at is None, r.at.replace(tzinfo=None) if r.at else floor))
-    return kept, dropped
+    return kept, len(found) - len(kept)
