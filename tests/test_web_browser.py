@@ -112,6 +112,10 @@ def test_a_viewer_opens_the_queue_a_case_and_an_evidence_link(site: SimpleNamesp
     assert css(browser, "span.verdict.v-malicious") and css(browser, "svg.tree a") and css(browser, "svg.graph path.e-lateral")
     assert not css(browser, "button.approve") and "viewers can read, not decide" in browser.page_source
     browser.save_screenshot(str(shots(tmp_path) / "case.png"))
+    browser.set_window_size(1280, 1250)
+    browser.execute_script("document.getElementById('tree').scrollIntoView()")
+    browser.save_screenshot(str(shots(tmp_path) / "case-chain.png"))
+    browser.set_window_size(1280, 900)
     from selenium.webdriver.common.keys import Keys
 
     browser.find_element("tag name", "body").send_keys(Keys.TAB)  # keyboard: the first stop skips to the content
@@ -131,7 +135,7 @@ def test_a_viewer_opens_the_queue_a_case_and_an_evidence_link(site: SimpleNamesp
     article = css(browser, f"#evidence-{evidence_id}")[0]
     assert article.is_displayed() and "SELECT" in article.find_element("css selector", "pre.query").text
     assert "embedded local store: no SIEM to open" in article.text
-    for name in ("queue.png", "case.png"):
+    for name in ("queue.png", "case.png", "case-chain.png"):
         assert (shots(tmp_path) / name).stat().st_size > 20_000
     only_loopback(browser, site.base)
 
