@@ -90,6 +90,17 @@ class InvestigationSettings(Section):
     sigma_rules_dir: str | None = None
 
 
+def base_url(value: str | None, setting: str) -> str | None:
+    """An http(s) base URL that people open (shown on pages and in comments, so it never holds
+    credentials), without its trailing slash; None when unset."""
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        raise ValueError(f"{setting} must be http(s)://host[:port][/path], without credentials")
+    return value.rstrip("/")
+
+
 class ServeSettings(Section):
     host: str = "127.0.0.1"
     port: int = 8787
@@ -113,12 +124,7 @@ class ServeSettings(Section):
     @field_validator("public_url")
     @classmethod
     def _public_url(cls, value: str | None) -> str | None:
-        if not value:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
-            raise ValueError("serve.public_url must be http(s)://host[:port][/path], without credentials")
-        return value.rstrip("/")
+        return base_url(value, "serve.public_url")
 
 
 def serve_token_clashes(serve: ServeSettings) -> list[str]:

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from siemcrew.config.settings import Section, SettingsError, secret
+from siemcrew.config.settings import Section, SettingsError, base_url, secret
 
 
 class SplunkRetry(Section):
@@ -114,12 +114,7 @@ class SplunkSettings(Section):
     @field_validator("web_url")
     @classmethod
     def _web_url(cls, value: str | None) -> str | None:
-        if not value:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
-            raise ValueError("splunk.web_url must be http(s)://host[:port][/prefix], without credentials")
-        return value.rstrip("/")
+        return base_url(value, "splunk.web_url")
 
     @model_validator(mode="after")
     def _password_needs_user(self) -> "SplunkSettings":

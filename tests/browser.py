@@ -1,20 +1,14 @@
-"""Headless Chromium from the distribution's packages (chromium + chromium-driver), driven by Selenium, and a
-`siemcrew serve` started on loopback for it. Nothing here downloads anything: the driver and browser paths
+"""Headless Chromium from the distribution's packages (chromium + chromium-driver), driven by Selenium
+(`siemcrew serve` on loopback comes from emulators/e2e_helpers.py). Nothing here downloads anything: the driver and browser paths
 are the Debian ones (or SIEMCREW_CHROMIUM / SIEMCREW_CHROMEDRIVER), and a missing browser fails loudly."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
-
-import httpx
 
 # Selenium Manager would look for drivers online and send usage stats: neither may happen here
 os.environ.setdefault("SE_OFFLINE", "true")
@@ -70,43 +64,3 @@ def requested_urls(driver: Any) -> list[str]:
         if message.get("method") == "Network.requestWillBeSent":
             urls.append(message["params"]["request"]["url"])
     return urls
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def serve(config: Path, env: dict[str, str], log: Path) -> Iterator[tuple[str, Path]]:
-    """`siemcrew serve` in its own process on a free loopback port; yields (base URL, its output file)."""
-    port = free_port()
-    full_env = {**os.environ, **env}
-    full_env.pop("SIEMCREW_CONFIG", None)
-    with open(log, "w", encoding="utf-8") as out:
-        process = subprocess.Popen([sys.executable, "-m", "siemcrew.cli", "serve", "--config", str(config),
-                                    "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                                   env=full_env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"serve exited {process.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"serve did not answer: {log.read_text()[-2000:]}")
-            time.sleep(0.3)
-        yield base, log
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

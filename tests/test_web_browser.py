@@ -18,8 +18,9 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from browser import chromium, requested_urls, serve
+from browser import chromium, requested_urls
 from conftest import EXAMPLES, run_cli
+from emulators.e2e_helpers import serve
 from webcase import xss_case
 
 TOKENS = {"SIEMCREW_APPROVER_ALICE": "alice-browser-token-4f1e2d", "SIEMCREW_APPROVER_BOB": "bob-browser-token-9c8b7a",
@@ -37,7 +38,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     home = root / "home"
     done = run_cli("demo", "--home", str(home), env={"SIEMCREW_HOME": str(home)}, timeout=400)
     assert done.returncode in (0, 4), done.stderr[-2000:]
-    with serve(EXAMPLES / "demo.yaml", {"SIEMCREW_HOME": str(home), **TOKENS}, root / "serve.log") as (base, log):
+    log = root / "serve.log"
+    with serve(str(EXAMPLES / "demo.yaml"), {"SIEMCREW_HOME": str(home), **TOKENS}, log, timeout_s=120) as base:
         api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {INTAKE}"}, timeout=120)
         cases = {c["rule"]: c["id"] for c in api.get("/v1/cases").json()}
         yield SimpleNamespace(base=base, log=log, api=api, cases=cases, root=root, home=home)
