@@ -131,7 +131,9 @@ def demo(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
         if pending:
             _pending_table(pending)
             first = pending[0]
-            console.print(f"Decide with: SIEMCREW_HOME={home.resolve()} siemcrew approve {first.case_id} "
+            console.print(f"Decide in the browser: SIEMCREW_HOME={home.resolve()} siemcrew serve --config {config} "
+                          "(with an approver's token in its env var, see README \"Browser\"), or with: "
+                          f"SIEMCREW_HOME={home.resolve()} siemcrew approve {first.case_id} "
                           f"{first.action} --target {first.target} --by you --reason '...' --config {config}")
     _emit({"summary": summary.as_dict(), "cases": [_case_row(c) for c in cases],
            "pending": [p.model_dump(mode="json") for p in pending]}, as_json, human)
@@ -272,7 +274,18 @@ def report(case_id: str, config: Optional[Path] = ConfigOpt, as_json: bool = Jso
     if fmt not in RENDERERS:
         console.print(f"[red]unknown format {fmt!r}[/red]; use md, json or html")
         raise typer.Exit(EXIT_USAGE)
-    text = RENDERERS[fmt](_load_case(config, case_id))
+    case = _load_case(config, case_id)
+    if fmt == "html":  # the case page as one self-contained file: audit trail and SIEM links included
+        from siemcrew.crew.audit import read as read_audit
+        from siemcrew.web.render import report_html
+
+        from siemcrew.crew.approvals import ApprovalStore
+
+        settings = _settings(config)
+        text = report_html(case, settings, list(read_audit(settings.home_path / "audit.jsonl", case_id=case.id)),
+                           ApprovalStore(settings.home_path / "approvals.db").pending(case.id))
+    else:
+        text = RENDERERS[fmt](case)
     if out:
         out.write_text(text, encoding="utf-8")
     else:
@@ -404,13 +417,21 @@ def serve(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
 
     from siemcrew.config.settings import SettingsError
 
+    from siemcrew.web.session import People
+    from siemcrew.web.urls import queue_url
+
     settings = _settings(config)
+    settings.serve.host, settings.serve.port = host or settings.serve.host, port or settings.serve.port
     try:
         application = create_app(settings)
     except SettingsError as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(EXIT_ERROR) from None
-    uvicorn.run(application, host=host or settings.serve.host, port=port or settings.serve.port,
+    who = People(settings.serve).configured()
+    console.print(f"siemcrew: the queue is at {queue_url(settings)}")
+    console.print("  sign in as " + "; ".join(who) if who else "  [yellow]nobody can sign in yet[/yellow]: set the env "
+                  f"var of an approver (serve.approvers) or the viewer token (${settings.serve.viewer_token_env})")
+    uvicorn.run(application, host=settings.serve.host, port=settings.serve.port,
                 log_level="warning" if as_json else "info")
 
 

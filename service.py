@@ -231,6 +231,10 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
     def rt() -> Any:
         return state["rt"]
 
+    from siemcrew.web.pages import pages_router
+
+    app.include_router(pages_router(settings, rt))  # the analyst's pages (web/): queue, case page, sign-in
+
     def bearer(authorization: str | None = Header(default=None)) -> None:
         expected = secret(settings.serve.token_env)
         if not authorization or not authorization.lower().startswith("bearer "):
@@ -361,6 +365,11 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
         except KeyError:
             raise HTTPException(404, f"no case {case_id}") from None
         media = {"md": "text/markdown", "json": "application/json", "html": "text/html"}[format]
+        if format == "html":  # the case page as one self-contained file, with its audit trail and SIEM links
+            from siemcrew.web.render import report_html
+
+            text = report_html(case, settings, list(rt().audit.read(case_id=case_id)), rt().approvals.pending(case_id))
+            return PlainTextResponse(text, media_type=media)
         return PlainTextResponse(RENDERERS[format](case), media_type=media)
 
     @app.get("/v1/approvals", dependencies=[Depends(bearer)], responses=problems(401, 403))

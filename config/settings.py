@@ -11,6 +11,7 @@ import os
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -89,6 +90,17 @@ class InvestigationSettings(Section):
     sigma_rules_dir: str | None = None
 
 
+def base_url(value: str | None, setting: str) -> str | None:
+    """An http(s) base URL that people open (shown on pages and in comments, so it never holds
+    credentials), without its trailing slash; None when unset."""
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        raise ValueError(f"{setting} must be http(s)://host[:port][/path], without credentials")
+    return value.rstrip("/")
+
+
 class ServeSettings(Section):
     host: str = "127.0.0.1"
     port: int = 8787
@@ -97,9 +109,22 @@ class ServeSettings(Section):
     # Approvers over HTTP: name -> env var holding that person's token. The intake token (which the
     # Splunk app also holds) can never approve; no approvers configured means no HTTP approvals.
     approvers: dict[str, str] = Field(default_factory=dict)
+    # Read-only people in the browser: env var of the viewer token (they see cases, never decide).
+    viewer_token_env: str = "SIEMCREW_VIEWER_TOKEN"
+    # Where people reach the pages (behind a proxy, say): the write-back comment links to
+    # <public_url>/cases/<id>; unset, it names `siemcrew report <id>` instead.
+    public_url: str | None = None
+    # a browser session ends after this many idle minutes, and after `session_max_hours` in any case
+    session_minutes: int = Field(default=20, ge=1, le=240)
+    session_max_hours: int = Field(default=12, ge=1, le=24)
     workers: int = 1
     # while idle, the worker sends again the write-backs that are due at most this often (crew/outbox.py)
     outbox_every_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return base_url(value, "serve.public_url")
 
 
 def serve_token_clashes(serve: ServeSettings) -> list[str]:
@@ -107,9 +132,11 @@ def serve_token_clashes(serve: ServeSettings) -> list[str]:
 
     The intake token and the webhook secret live in the SIEM (the Splunk app, a Kibana connector): if
     one equals an approver's token, whoever holds it can approve. Two approvers sharing a token could
-    approve as each other. (The intake token may equal the webhook secret: neither can approve.)
+    approve as each other; a viewer token equal to an approver's would sign its holder in as that
+    approver. (The intake token may equal the webhook secret or the viewer token: none can approve.)
     """
-    intake = {"serve.token_env": serve.token_env, "serve.webhook_secret_env": serve.webhook_secret_env}
+    intake = {"serve.token_env": serve.token_env, "serve.webhook_secret_env": serve.webhook_secret_env,
+              "serve.viewer_token_env": serve.viewer_token_env}
     approvers = {f"serve.approvers.{name}": env for name, env in serve.approvers.items()}
     values = {label: value for label, env in {**intake, **approvers}.items() if (value := secret(env))}
     return [

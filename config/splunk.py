@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from siemcrew.config.settings import Section, SettingsError, secret
+from siemcrew.config.settings import Section, SettingsError, base_url, secret
 
 
 class SplunkRetry(Section):
@@ -93,6 +93,10 @@ class SplunkSettings(Section):
     ca_file: str | None = None
     app: str = "search"
     owner: str = "nobody"
+    # Splunk Web (the search UI people use, not the management port): evidence links re-run the same
+    # search there, in `web_app` (default: `app`); unset, the pages show the query without a link.
+    web_url: str | None = None
+    web_app: str | None = None
     timeout_s: float = Field(60.0, gt=0)
     search: SplunkSearch = Field(default_factory=SplunkSearch)
     alerts: SplunkAlerts = Field(default_factory=SplunkAlerts)
@@ -106,6 +110,11 @@ class SplunkSettings(Section):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"splunk.url must be http(s)://host:port, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("web_url")
+    @classmethod
+    def _web_url(cls, value: str | None) -> str | None:
+        return base_url(value, "splunk.web_url")
 
     @model_validator(mode="after")
     def _password_needs_user(self) -> "SplunkSettings":

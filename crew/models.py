@@ -71,7 +71,7 @@ class TimeRange(Model):
     @field_validator("start", "end", mode="before")
     @classmethod
     def _aware(cls, value: Any) -> datetime:
-        parsed = parse_time(value)
+        parsed = None if isinstance(value, bool) else parse_time(value)
         if parsed is None:
             raise ValueError(f"not a timestamp: {value!r}")
         return parsed
@@ -148,7 +148,7 @@ class Alert(Model):
     def _aware(cls, value: Any) -> datetime | None:
         if value is None:
             return None
-        parsed = parse_time(value)
+        parsed = None if isinstance(value, bool) else parse_time(value)  # true is no epoch second
         if parsed is None:
             raise ValueError(f"not a timestamp: {value!r}")
         return parsed

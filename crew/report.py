@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import html
-import json
-
 from siemcrew.crew.models import Case
 from siemcrew.crew.timeutil import iso
 
@@ -76,15 +73,11 @@ def render_markdown(case: Case) -> str:
 
 
 def render_html(case: Case) -> str:
-    body = html.escape(render_markdown(case))
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>siemcrew {html.escape(case.id)}</title>"
-        "<style>body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto}pre{white-space:pre-wrap}</style>"
-        f"</head><body><pre>{body}</pre>"
-        f"<script type='application/json' id='case'>{html.escape(json.dumps({'id': case.id, 'verdict': case.verdict}))}</script>"
-        "</body></html>"
-    )
+    """The case page as one self-contained file (web/render.py); `report --format html` adds the audit
+    trail and the SIEM links from the configuration."""
+    from siemcrew.web.render import report_html
+
+    return report_html(case)
 
 
 RENDERERS = {"md": render_markdown, "json": render_json, "html": render_html}

@@ -228,7 +228,10 @@ class Runtime:
         self.audit.append("publish", "system", {"case": case.id, "connector": self.siem.name}, case_id=case.id)
 
     def report_link(self, case: Case) -> str:
-        return f"siemcrew report {case.id}"
+        """What the SIEM write-back names for the case: its page under `serve.public_url`, else the command."""
+        from siemcrew.web.urls import case_url
+
+        return case_url(self.settings, case.id) or f"siemcrew report {case.id}"
 
     def recent(self, action: str, seconds: float) -> int:
         return self.ledger.count_since(action, time.time() - seconds)

@@ -121,3 +121,17 @@ def test_a_long_alert_list_is_admitted_in_the_background_in_batches(client: Any)
         time.sleep(0.5)
     assert status["accepted"] == 0 and status["admitted"] == 250
     assert client.get("/v1/intake/nope", headers=headers).status_code == 404
+
+
+def test_a_boolean_is_not_a_timestamp() -> None:
+    """`true` passed as epoch second 1 (a bool is an int in Python); Schemathesis found it in the contract run."""
+    from pydantic import ValidationError
+
+    from siemcrew.crew.models import TimeRange
+
+    for bad in (True, False):
+        with pytest.raises(ValidationError, match="not a timestamp"):
+            Alert(id="a", rule_name="r", timestamp=bad)
+        with pytest.raises(ValidationError, match="not a timestamp"):
+            TimeRange(start=bad, end="2026-01-01T00:00:00Z")
+    assert Alert(id="a", rule_name="r", timestamp=1_700_000_000).timestamp.year == 2023
