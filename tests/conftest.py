@@ -18,6 +18,8 @@ import siemcrew.crew.offline as offline  # noqa: E402
 
 offline.prepare(_STORAGE)
 
+from servers.redis import redis_server  # noqa: E402,F401  (a session fixture: the real Redis for queue tests)
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 SHARED = REPO.parent / "shared"
