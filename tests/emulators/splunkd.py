@@ -147,6 +147,7 @@ class Job:
     running_polls: int = 0
     failed: str | None = None
     cancelled: bool = False
+    ready_at: float = 0.0  # time.monotonic() when the search is done (search_delay_s after dispatch)
 
 
 @dataclass
@@ -195,8 +196,14 @@ class SplunkdEmulator:
         saved_searches: list[SavedSearch] | None = None,
         now: float | None = None,
         passwords: dict[tuple[str, str], str] | None = None,
+        search_delay_s: float = 0.0,
+        max_running_searches: int | None = None,
     ) -> None:
         self.version = version
+        # a search takes this long (its job stays RUNNING, oneshot and export answer after it), and at most
+        # this many run at once: a dispatch beyond it gets the 503 role-quota answer (benchmarks/scale.py)
+        self.search_delay_s = search_delay_s
+        self.max_running_searches = max_running_searches
         self.users = users if users is not None else {"admin": "changeme"}
         self.tokens = tokens if tokens is not None else {"test-bearer-token"}
         self.hec_tokens = hec_tokens if hec_tokens is not None else {"test-hec-token"}
@@ -334,6 +341,11 @@ class SplunkdEmulator:
     # -- views for tests -------------------------------------------------------------------
     def calls(self, endpoint_part: str, method: str | None = None) -> list[RequestLog]:
         return [r for r in self.requests if endpoint_part in r.endpoint and (method is None or r.method == method)]
+
+    def running_searches(self) -> int:
+        now = time.monotonic()
+        with self._lock:
+            return sum(1 for job in self.jobs.values() if job.ready_at > now and not job.cancelled)
 
     def new_sid(self) -> str:
         with self._lock:
@@ -544,10 +556,11 @@ class _Handler(BaseHTTPRequestHandler):
     # -- search jobs -------------------------------------------------------------------------
     def _dispatch(self, search: str, params: dict[str, str], keep: bool = True) -> Job:
         app = self.app
-        if app.take_fault("quota"):
+        if app.take_fault("quota") or (app.max_running_searches is not None
+                                       and app.running_searches() >= app.max_running_searches):
             raise _Reply(503, xml_messages(QUOTA_MESSAGE, "WARN"))
         sid = app.new_sid()
-        job = Job(sid, search, params)
+        job = Job(sid, search, params, ready_at=time.monotonic() + app.search_delay_s)
         try:
             result = app.engine.run(search, params.get("earliest_time"), params.get("latest_time"), now=app.now(),
                                     **_search_mode(params))
@@ -575,6 +588,7 @@ class _Handler(BaseHTTPRequestHandler):
             search = form.get("search", "")
             if form.get("exec_mode") == "oneshot":
                 job = self._dispatch(search, form, keep=False)
+                time.sleep(max(0.0, job.ready_at - time.monotonic()))
                 raise _Reply(200, self._results_body(job, form), "application/json")
             job = self._dispatch(search, form)
             if form.get("output_mode") == "json":
@@ -604,8 +618,8 @@ class _Handler(BaseHTTPRequestHandler):
         job.status_polls += 1
         if job.status_polls == 1:
             raise _Reply(204, b"")  # right after create: not ready yet
-        if job.running_polls > 0:
-            job.running_polls -= 1
+        if job.running_polls > 0 or time.monotonic() < job.ready_at:
+            job.running_polls = max(0, job.running_polls - 1)
             state, done, failed, progress = "RUNNING", "0", "0", "0.42000"
         elif job.failed:
             state, done, failed, progress = "FAILED", "1", "1", "1.00000"
@@ -639,6 +653,7 @@ class _Handler(BaseHTTPRequestHandler):
         app = self.app
         if app.take_fault("quota"):
             raise _Reply(503, xml_messages(QUOTA_MESSAGE, "WARN"))
+        time.sleep(app.search_delay_s)
         search = form.get("search", "")
         try:
             mode = _search_mode(form)
