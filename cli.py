@@ -195,6 +195,18 @@ def investigate(alert: str = typer.Option(..., "--alert", "-a", help="Alert JSON
     _emit(rows, as_json, lambda: _cases_table(rows))
 
 
+def _case_op(case_id: str, call: Callable[[], Any], refused: type[Exception], verb: str) -> Any:
+    """Run an operation on one case; exit 1 saying why when the case is unknown or the operation is refused."""
+    try:
+        return call()
+    except KeyError:
+        console.print(f"[red]no such case:[/red] {escape(case_id)}")
+        raise typer.Exit(EXIT_ERROR) from None
+    except refused as exc:
+        console.print(f"[red]cannot {verb}:[/red] {escape(str(exc))}")
+        raise typer.Exit(EXIT_ERROR) from None
+
+
 @app.command()
 def rerun(case_id: str, config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
           by: str = typer.Option("cli", help="Who asks for the rerun (audited).")) -> None:
@@ -205,13 +217,9 @@ def rerun(case_id: str, config: Optional[Path] = ConfigOpt, as_json: bool = Json
 
     rt = _runtime(config)
     try:
-        case = rerun_case(rt, case_id, by=by)
-    except KeyError:
-        console.print(f"[red]no case {case_id}[/red]")
-        raise typer.Exit(EXIT_ERROR) from None
-    except RerunError as exc:
-        console.print(f"[red]cannot rerun:[/red] {exc}")
-        raise typer.Exit(EXIT_ERROR) from None
+        case = _case_op(case_id, lambda: rerun_case(rt, case_id, by=by), RerunError, "rerun")
+    except typer.Exit:
+        raise
     except Exception as exc:  # noqa: BLE001 - the case is marked failed and audited; say why, briefly
         console.print(f"[red]rerun of {case_id} failed:[/red] {type(exc).__name__}: {str(exc)[:500]}")
         raise typer.Exit(EXIT_ERROR) from None
@@ -483,14 +491,7 @@ def cases_requeue(case_id: str, by: str = typer.Option(..., help="Who puts it ba
     from siemcrew.crew.queue.deadletter import RequeueError, requeue
 
     rt = _runtime(config)
-    try:
-        case = requeue(rt, case_id, by=by, reason=reason)
-    except KeyError:
-        console.print(f"[red]no such case:[/red] {case_id}")
-        raise typer.Exit(EXIT_ERROR) from None
-    except RequeueError as exc:
-        console.print(f"[red]cannot requeue:[/red] {escape(str(exc))}")
-        raise typer.Exit(EXIT_ERROR) from None
+    case = _case_op(case_id, lambda: requeue(rt, case_id, by=by, reason=reason), RequeueError, "requeue")
     _emit([_case_row(case)], as_json, lambda: _cases_table([case], f"requeued {case_id}"))
 
 

@@ -373,6 +373,21 @@ def write_checkpoint(rt: Runtime, checkpoint: str | None) -> None:
     os.replace(tmp, path)
 
 
+def fetch(rt: Runtime, summary: RunSummary, limit: int) -> Any:
+    """The alerts since the checkpoint; how many, and the inputs that could not be read, go in the summary."""
+    batch = rt.siem.fetch_alerts(read_checkpoint(rt), limit=limit)
+    summary.fetched = len(batch.alerts)
+    summary.rejected_inputs = list(batch.problems)
+    return batch
+
+
+def advance(rt: Runtime, summary: RunSummary, batch: Any) -> None:
+    """Move the checkpoint past the batch unless an alert failed (then it is fetched again next time)."""
+    if not summary.failed:
+        write_checkpoint(rt, batch.checkpoint)
+    summary.checkpoint = batch.checkpoint if not summary.failed else read_checkpoint(rt)
+
+
 def drain_outbox(rt: Runtime, now: float | None = None) -> list[OutboxItem]:
     """Send again the write-backs whose retry is due (crew/outbox.py); returns what is still pending.
 
@@ -476,9 +491,7 @@ def run(rt: Runtime, limit: int = 100, progress: Callable[[Alert], None] | None 
                     resume(rt, case)
                 except Exception as exc:  # noqa: BLE001 - summarized, the run continues
                     summary.errors.append(f"{case.id}: {exc}"[:300])
-        batch = rt.siem.fetch_alerts(read_checkpoint(rt), limit=limit)
-        summary.fetched = len(batch.alerts)
-        summary.rejected_inputs = list(batch.problems)
+        batch = fetch(rt, summary, limit)
         for alert in batch.alerts:
             if progress:
                 progress(alert)
@@ -499,9 +512,7 @@ def run(rt: Runtime, limit: int = 100, progress: Callable[[Alert], None] | None 
             summary.verdicts[case.verdict] = summary.verdicts.get(case.verdict, 0) + 1
             if case.status == "awaiting_approval":
                 summary.awaiting_approval += 1
-        if not summary.failed:
-            write_checkpoint(rt, batch.checkpoint)
-        summary.checkpoint = batch.checkpoint if not summary.failed else read_checkpoint(rt)
+        advance(rt, summary, batch)
         # write-backs that failed in this run are retried once more before it ends (a blip); what is still
         # pending is listed (exit 4) and retried by the next run and by serve
         summary.writeback_pending = [item.line() for item in drain_outbox(rt, now=time.time() + BACKOFF_S[0])]

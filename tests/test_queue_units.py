@@ -179,3 +179,35 @@ def test_the_death_counter_counts_only_starts_that_never_ended(redis_server: Any
     monkeypatch.setenv("SIEMCREW_QUEUE_PASSWORD", "wrong")
     blind = DeathCounter(_settings(tmp_path, broker=redis_server.url).queue_settings())
     assert blind.start("investigate", "case-1") == 0  # unreachable: counts nothing, stops nothing
+
+
+def test_an_intake_while_the_broker_is_down_is_kept_and_swept_later(redis_server: Any, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from siemcrew.crew.queue.sweep import sweep
+    from siemcrew.crew.runtime import Runtime
+    from siemcrew.service import create_app
+
+    dep = deployment(tmp_path, redis_server, sweep_after_s=1)
+    config = yaml.safe_load(Path(dep.config).read_text(encoding="utf-8"))
+    up = dict(config["queue"])
+    config["queue"]["broker"] = f"redis://127.0.0.1:{redis_server.port + 1 if redis_server.port < 65535 else 1}/0"
+    Path(dep.config).write_text(yaml.safe_dump(config), encoding="utf-8")
+    for key, value in {**dep.env, "SIEMCREW_SERVE_TOKEN": "tok-down"}.items():
+        monkeypatch.setenv(key, value)
+    alerts = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((EXAMPLES / "alerts").glob("*.json"))]
+    with TestClient(create_app(Settings.load(dep.config))) as client:
+        started = time.monotonic()
+        answer = client.post("/v1/alerts", json=alerts, headers={"Authorization": "Bearer tok-down"})
+        took = time.monotonic() - started
+    assert answer.status_code == 202 and answer.json()["accepted"] == 6, answer.text
+    assert took < 15, took  # one send waits out the publish retries; the next ones fail at once
+    assert len(dep.audit("enqueue_failed")) == 6 and not dep.audit("enqueued")
+    assert {c.status for c in dep.cases()} == {"new"}  # stored: nothing is lost
+
+    config["queue"] = up  # the broker is back: the sweep sends what the intake could not
+    Path(dep.config).write_text(yaml.safe_dump(config), encoding="utf-8")
+    rt = Runtime(Settings.load(dep.config))
+    assert sweep(rt, now=time.time() + 5) == 6
+    assert sorted(_args(m)[0] for m in _queued(redis_server, up["name"])) == sorted(c.id for c in dep.cases())

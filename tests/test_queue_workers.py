@@ -226,7 +226,7 @@ def test_poison_lands_in_the_dead_letter_state_and_can_be_requeued(fleet: Deploy
     killer = {**demo_alert("demo-4-procdump"), "id": "demo-4-procdump-c5", "rule_id": "r-c5"}
     failing = {**demo_alert("demo-6-remote-service"), "id": "demo-6-remote-service-c6", "rule_id": "r-c6"}
     # every delivery kills the pool process running it: after max_worker_deaths (3) it goes to a human
-    dep.faults(SIEMCREW_FAULT_KILL_AT="stage:triage")
+    dep.faults(SIEMCREW_FAULT_KILL_AT="task:investigate")
     try:
         killed = _intake(gateway, killer)
         dep.wait_cases(lambda cs: {c.id: c.status for c in cs}.get(killed) == "needs_human", timeout_s=90)

@@ -3,24 +3,29 @@
 Tasks are sent by name with the case id only (the case, its alerts and evidence stay in the stores), so
 a sender never imports crewAI. Every hand-off is on the audit record (`enqueued`). A send that fails
 (broker down past the publish retries) is audited as `enqueue_failed` and returns None: the case is
-stored already, and the sweep (crew/queue/sweep.py) enqueues it again once the broker is back.
+stored already, and the sweep (crew/queue/sweep.py) enqueues it again once the broker is back. After a
+failed send the next ones fail at once for a few seconds, so an intake of many alerts while the broker is
+down answers promptly instead of waiting out the publish retries alert by alert.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from siemcrew.crew.models import Case
 from siemcrew.crew.queue.app import EXECUTE, INVESTIGATE, RESUME, make_app
 
 log = logging.getLogger("siemcrew.queue")
+BROKER_DOWN_S = 5.0  # after a failed send, sends fail at once for this long
 
 
 class Dispatcher:
     def __init__(self, runtime: Any) -> None:
         self.rt = runtime
         self._app: Any = None
+        self._down_until = 0.0
 
     @property
     def app(self) -> Any:
@@ -33,7 +38,13 @@ class Dispatcher:
         """Enqueue `task` (for `case_id`); the task id, or None when the broker could not be reached."""
         arguments = args if args is not None else [case_id]
         try:
-            sent = self.app.send_task(task, args=arguments)
+            if time.monotonic() < self._down_until:
+                raise ConnectionError("the broker could not be reached moments ago")
+            try:
+                sent = self.app.send_task(task, args=arguments)
+            except Exception:
+                self._down_until = time.monotonic() + BROKER_DOWN_S
+                raise
         except Exception as exc:  # noqa: BLE001 - kombu raises its own and socket errors; the sweep recovers
             detail = f"{type(exc).__name__}: {exc}"[:300]
             log.warning("could not enqueue %s for %s: %s (the sweep enqueues it again)", task, case_id, detail)

@@ -16,16 +16,14 @@ from siemcrew.crew.models import Alert
 
 
 def poll(rt: Any, limit: int = 100, progress: Callable[[Alert], None] | None = None) -> Any:
-    from siemcrew.crew.operations import RunSummary, read_checkpoint, run_lock, write_checkpoint
+    from siemcrew.crew.operations import RunSummary, advance, fetch, run_lock
     from siemcrew.crew.queue.sweep import sweep
 
     summary = RunSummary()
     with run_lock(rt.settings.home_path / "run.lock"):
         rt.queue.ping()  # a broker that cannot be reached fails the run (exit 1) before anything is fetched
         summary.enqueued += sweep(rt)
-        batch = rt.siem.fetch_alerts(read_checkpoint(rt), limit=limit)
-        summary.fetched = len(batch.alerts)
-        summary.rejected_inputs = list(batch.problems)
+        batch = fetch(rt, summary, limit)
         for alert in batch.alerts:
             if progress:
                 progress(alert)
@@ -42,9 +40,7 @@ def poll(rt: Any, limit: int = 100, progress: Callable[[Alert], None] | None = N
                 summary.errors.append(f"{alert.id}: stored as {case.id}, but its task could not be enqueued")
             elif is_new:
                 summary.enqueued += 1
-        if not summary.failed:
-            write_checkpoint(rt, batch.checkpoint)
-        summary.checkpoint = batch.checkpoint if not summary.failed else read_checkpoint(rt)
+        advance(rt, summary, batch)
         summary.writeback_pending = [item.line() for item in rt.outbox.pending()]
         summary.containment_unconfirmed = [f"{c.key}: {c.detail}"[:300] for c in rt.ledger.in_state("timed_out")]
     return summary

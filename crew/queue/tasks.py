@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from celery import shared_task
 
+from siemcrew.crew.faults import fault_point
 from siemcrew.crew.queue.app import DRAIN_OUTBOX, EXECUTE, INVESTIGATE, POLL, RESUME, SWEEP
 from siemcrew.crew.queue.deadletter import CaseBusy, dead_letter
 
@@ -40,17 +41,28 @@ _STATE: dict[str, Any] = {}
 _STATE_LOCK = threading.Lock()
 
 
-def worker_state(app: Any) -> tuple[Any, Any]:
-    """This process's Runtime and death counter, made on first use (after the worker forked its children:
-    nothing made before a fork is shared)."""
-    from siemcrew.crew.queue.deaths import DeathCounter
-    from siemcrew.crew.runtime import Runtime
-
+def _state(app: Any, name: str, make: Callable[[Any], Any]) -> Any:
+    """This process's `name`, made on first use: after the worker forked its pool, since nothing made
+    before a fork (SQLite connections, sockets) may be shared by the children."""
     with _STATE_LOCK:
         if _STATE.get("pid") != os.getpid():
-            settings = app.siemcrew_settings
-            _STATE.update(pid=os.getpid(), runtime=Runtime(settings), deaths=DeathCounter(settings.queue_settings()))
-        return _STATE["runtime"], _STATE["deaths"]
+            _STATE.clear()
+            _STATE["pid"] = os.getpid()
+        if name not in _STATE:
+            _STATE[name] = make(app.siemcrew_settings)
+        return _STATE[name]
+
+
+def runtime(app: Any) -> Any:
+    from siemcrew.crew.runtime import Runtime
+
+    return _state(app, "runtime", Runtime)
+
+
+def death_counter(app: Any) -> Any:
+    from siemcrew.crew.queue.deaths import DeathCounter
+
+    return _state(app, "deaths", lambda settings: DeathCounter(settings.queue_settings()))
 
 
 def backoff(queue: Any, retries: int) -> float:
@@ -113,15 +125,19 @@ def _may_retry(kind: str, rt: Any, case_id: str) -> bool:
 def case_task(task: Any, kind: str, case_id: str, body: Callable[[Any, str], str]) -> str:
     """Run `body` for the case with the queue's guards: deaths counted, the case's holder respected,
     errors retried with backoff, and the dead-letter state when nothing more can be done."""
-    rt, deaths = worker_state(task.app)
-    queue = rt.queue_settings
+    deaths = death_counter(task.app)
+    died = deaths.start(kind, case_id)  # first: a delivery that dies from here on is counted
+    queue = _state(task.app, "queue", lambda settings: settings.queue_settings())
     retries = int(task.request.retries or 0)
-    died = deaths.start(kind, case_id)
     finished = False
-    rt.audit.append("task", "queue", {"task": kind, "task_id": task.request.id, "worker": task.request.hostname,
-                                      "pid": os.getpid(), "retries": retries, "deaths": died}, case_id=case_id)
+    rt: Any = None
     try:
         try:
+            if died < queue.max_worker_deaths:
+                fault_point(f"task:{kind}")  # tests: poison in the task itself (crew/faults.py)
+            rt = runtime(task.app)
+            rt.audit.append("task", "queue", {"task": kind, "task_id": task.request.id, "worker": task.request.hostname,
+                                              "pid": os.getpid(), "retries": retries, "deaths": died}, case_id=case_id)
             if died >= queue.max_worker_deaths:
                 dead_letter(rt, case_id, kind, f"{died} deliveries killed the worker running them", died)
                 outcome = "dead_letter"
@@ -138,9 +154,12 @@ def case_task(task: Any, kind: str, case_id: str, body: Callable[[Any, str], str
                 raise task.retry(countdown=backoff(queue, retries), max_retries=queue.max_retries) from None
         except Exception as exc:  # noqa: BLE001 - retried, else handed to a human; never dropped silently
             detail = f"{type(exc).__name__}: {exc}"[:1000]
-            if retries < queue.max_retries and _may_retry(kind, rt, case_id):
+            if retries < queue.max_retries and (rt is None or _may_retry(kind, rt, case_id)):
                 log.warning("%s %s failed (attempt %d), retried: %s", kind, case_id, retries + 1, detail)
                 raise task.retry(countdown=backoff(queue, retries), max_retries=queue.max_retries) from None
+            if rt is None:  # not even the stores open here: nothing can be recorded; the sweep sends it again
+                log.error("%s %s: this worker cannot open the state (%s); left to the sweep", kind, case_id, detail)
+                raise
             try:
                 dead_letter(rt, case_id, kind, detail, retries + 1)
             except CaseBusy:
@@ -170,7 +189,7 @@ def execute(self: Any, case_id: str) -> str:
 # -- periodic upkeep ---------------------------------------------------------------------------------
 def _periodic(task: Any, name: str, body: Callable[[Any], Any]) -> Any:
     """Periodic work has no case to hand to a human: a failure is logged and the next period tries again."""
-    rt, _ = worker_state(task.app)
+    rt = runtime(task.app)
     try:
         return body(rt)
     except Exception:  # noqa: BLE001

@@ -25,6 +25,10 @@ Faults on demand with `fail_next(kind, n, **options)`:
 Every fault takes `after=k`: the first k matching requests pass untouched, so a fault can land in
 the middle of a run rather than on its first request.
 
+Latency and capacity, for benchmarks: `search_delay_s` makes every search take that long (a job stays
+RUNNING, oneshot and export answer after it) and `max_running_searches` caps the searches running at once
+(a dispatch beyond it gets the 503 role-quota answer, as Splunk does when a user's quota is reached).
+
 The credential store (`storage/passwords`, JSON) serves `passwords[(realm, username)]` to a valid
 session, as the Splunk app's alert action reads its serve token.
 """
