@@ -198,8 +198,9 @@ def one_round(workers: int, args: argparse.Namespace, model_url: str, redis_port
         finished = time.time()
         worker_cpu = sum(cpu_seen.values()) - cpu_before
         here_cpu = time.process_time() - here_before
-        searches = sum(1 for r in splunkd.requests  # jobs created (each is also cancelled once it is read)
-                       if r.method == "POST" and r.endpoint.rstrip("/") in ("search/jobs", "search/v2/jobs"))
+        searches = sum(1 for r in splunkd.requests  # searches run: jobs created, export streams
+                       if r.method == "POST" and r.status in (200, 201) and r.endpoint.rstrip("/") in (
+                           "search/jobs", "search/v2/jobs", "search/jobs/export", "search/v2/jobs/export"))
         quota = sum(1 for r in splunkd.requests if r.status == 503)
         for p in procs:
             os.killpg(p.pid, signal.SIGTERM)

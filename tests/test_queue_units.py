@@ -211,3 +211,32 @@ def test_an_intake_while_the_broker_is_down_is_kept_and_swept_later(redis_server
     rt = Runtime(Settings.load(dep.config))
     assert sweep(rt, now=time.time() + 5) == 6
     assert sorted(_args(m)[0] for m in _queued(redis_server, up["name"])) == sorted(c.id for c in dep.cases())
+
+
+def test_a_decision_with_no_paused_flow_is_executed_by_the_execute_task(redis_server: Any, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        awaiting_isolation: Any) -> None:
+    """A case whose isolation waits without a flow (built by hand, as a proposal after the investigation
+    is): the last decision enqueues `siemcrew.execute`, and that task, run here through Celery's own
+    `apply`, executes it once; run again, it finds nothing to do."""
+    from siemcrew.crew.operations import decide
+    from siemcrew.crew.queue.app import EXECUTE
+    from siemcrew.crew.runtime import Runtime
+
+    _, case = awaiting_isolation
+    name = f"x-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("SIEMCREW_QUEUE_PASSWORD", redis_server.password)
+    settings = Settings.load(tmp_path / "siemcrew.yaml", queue={"broker": redis_server.url, "name": name})
+    rt = Runtime(settings)
+    approval, waiting = decide(rt, case.id, "isolate_host", "approve", by="alice", reason="confirmed", target="WS-01")
+    assert waiting.status == "awaiting_approval" and not waiting.flow_id
+    assert [(m["headers"]["task"], _args(m)) for m in _queued(redis_server, name)] == [(EXECUTE, [case.id])]
+
+    app = make_app(settings)
+    app.loader.import_default_modules()
+    assert app.tasks[EXECUTE].apply(args=[case.id]).get() == "escalated"
+    assert app.tasks[EXECUTE].apply(args=[case.id]).get() == "nothing to do: escalated"
+    done = rt.cases.get(case.id)
+    assert [(r.action, r.state) for r in done.results if r.action == "isolate_host"] == [("isolate_host", "dry_run")]
+    assert rt.ledger.get(f"{case.id}:isolate_host:WS-01").state == "dry_run"
+    assert approval.by == "alice"

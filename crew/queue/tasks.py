@@ -37,20 +37,20 @@ from siemcrew.crew.queue.app import DRAIN_OUTBOX, EXECUTE, INVESTIGATE, POLL, RE
 from siemcrew.crew.queue.deadletter import CaseBusy, dead_letter
 
 log = logging.getLogger("siemcrew.queue")
-_STATE: dict[str, Any] = {}
 _STATE_LOCK = threading.Lock()
 
 
 def _state(app: Any, name: str, make: Callable[[Any], Any]) -> Any:
-    """This process's `name`, made on first use: after the worker forked its pool, since nothing made
-    before a fork (SQLite connections, sockets) may be shared by the children."""
+    """The app's `name` in this process, made on first use: after the worker forked its pool, since nothing
+    made before a fork (SQLite connections, sockets) may be shared by the children."""
     with _STATE_LOCK:
-        if _STATE.get("pid") != os.getpid():
-            _STATE.clear()
-            _STATE["pid"] = os.getpid()
-        if name not in _STATE:
-            _STATE[name] = make(app.siemcrew_settings)
-        return _STATE[name]
+        state = app.__dict__.setdefault("siemcrew_state", {})
+        if state.get("pid") != os.getpid():
+            state.clear()
+            state["pid"] = os.getpid()
+        if name not in state:
+            state[name] = make(app.siemcrew_settings)
+        return state[name]
 
 
 def runtime(app: Any) -> Any:
@@ -83,8 +83,10 @@ def _investigate(rt: Any, case_id: str) -> str:
     return done.status
 
 
-def _continue(rt: Any, case_id: str, step: Callable[[Any, Any], Any]) -> str:
-    from siemcrew.crew.operations import leased
+def _decided(rt: Any, case_id: str) -> str:
+    """Every decision is in: the paused flow continues and acts or, when no flow waits, what was decided is
+    executed (operations.resume does either, so `resume` and `execute` are safe whichever the sender chose)."""
+    from siemcrew.crew.operations import leased, resume
 
     case = rt.cases.get(case_id)
     if case.status != "awaiting_approval" or rt.approvals.pending(case_id):
@@ -95,19 +97,7 @@ def _continue(rt: Any, case_id: str, step: Callable[[Any, Any], Any]) -> str:
         case = rt.cases.get(case_id)  # as it is now that this worker holds it
         if case.status != "awaiting_approval":
             return f"nothing to do: {case.status}"
-        return str(step(rt, case).status)
-
-
-def _resume(rt: Any, case_id: str) -> str:
-    from siemcrew.crew.operations import resume
-
-    return _continue(rt, case_id, resume)
-
-
-def _execute(rt: Any, case_id: str) -> str:
-    from siemcrew.crew.operations import execute_decided, paused, resume
-
-    return _continue(rt, case_id, lambda rt_, case: resume(rt_, case) if paused(rt_, case) else execute_decided(rt_, case))
+        return str(resume(rt, case).status)
 
 
 def _may_retry(kind: str, rt: Any, case_id: str) -> bool:
@@ -178,12 +168,12 @@ def investigate(self: Any, case_id: str) -> str:
 
 @shared_task(bind=True, name=RESUME)
 def resume(self: Any, case_id: str) -> str:
-    return case_task(self, "resume", case_id, _resume)
+    return case_task(self, "resume", case_id, _decided)
 
 
 @shared_task(bind=True, name=EXECUTE)
 def execute(self: Any, case_id: str) -> str:
-    return case_task(self, "execute", case_id, _execute)
+    return case_task(self, "execute", case_id, _decided)
 
 
 # -- periodic upkeep ---------------------------------------------------------------------------------

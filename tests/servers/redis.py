@@ -3,7 +3,7 @@
 It runs with a password (`requirepass`), so every queue test also proves that the broker password
 travels from the environment into Celery and redis-py, and never into a log. Nothing is persisted
 (`--save ''`, no AOF). Missing `redis-server` fails the tests that need it, loudly (CI installs it,
-see .ci/run); locally `SIEMCREW_TEST_NO_REDIS=1` skips them on purpose.
+see .ci/run); locally `SIEMCREW_TEST_NO_REDIS=1` skips them on purpose (never in CI, where CI=true).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def _start(executable: str, folder: Path) -> RedisServer:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    if os.environ.get("SIEMCREW_TEST_NO_REDIS") == "1":
+    if os.environ.get("SIEMCREW_TEST_NO_REDIS") == "1" and os.environ.get("CI") != "true":
         pytest.skip("SIEMCREW_TEST_NO_REDIS=1: the task queue tests are skipped on request")
     executable = shutil.which("redis-server")
     if executable is None:
