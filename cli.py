@@ -89,6 +89,7 @@ def _case_row(case: Any) -> dict[str, Any]:
             "affected_hosts": case.affected_hosts, "affected_users": case.affected_users, "rounds": case.round + 1,
             "queries": case.queries, "brain_calls": case.brain_calls, "llm_calls": case.llm_calls,
             "llm_tokens": case.llm_tokens, "halt": case.halt.reason if case.halt else None,
+            "dead_letter": (f"{case.dead_letter.task}: {case.dead_letter.reason}" if case.dead_letter else None),
             "actions": [f"{r.action}:{r.target}:{r.state}" for r in case.results]}
 
 
@@ -99,7 +100,8 @@ def _cases_table(cases: list[Any], title: str = "cases") -> None:
         table.add_column(col)
     for case in cases:
         row = case if isinstance(case, dict) else _case_row(case)
-        table.add_row(row["id"], row["status"], f"{row['verdict']} ({row['confidence']})", row["rule"][:40],
+        status = row["status"] + (f"\n{escape(row['dead_letter'][:80])}" if row.get("dead_letter") else "")
+        table.add_row(row["id"], status, f"{row['verdict']} ({row['confidence']})", row["rule"][:40],
                       str(row["host"]), ", ".join(row["affected_hosts"]), "\n".join(row["actions"]))
     Console(file=_out()).print(table)
 
@@ -207,6 +209,18 @@ def investigate(alert: str = typer.Option(..., "--alert", "-a", help="Alert JSON
     _emit(rows, as_json, lambda: _cases_table(rows))
 
 
+def _case_op(case_id: str, call: Callable[[], Any], refused: type[Exception], verb: str) -> Any:
+    """Run an operation on one case; exit 1 saying why when the case is unknown or the operation is refused."""
+    try:
+        return call()
+    except KeyError:
+        console.print(f"[red]no such case:[/red] {escape(case_id)}")
+        raise typer.Exit(EXIT_ERROR) from None
+    except refused as exc:
+        console.print(f"[red]cannot {verb}:[/red] {escape(str(exc))}")
+        raise typer.Exit(EXIT_ERROR) from None
+
+
 @app.command()
 def rerun(case_id: str, config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
           by: str = typer.Option("cli", help="Who asks for the rerun (audited).")) -> None:
@@ -217,13 +231,9 @@ def rerun(case_id: str, config: Optional[Path] = ConfigOpt, as_json: bool = Json
 
     rt = _runtime(config)
     try:
-        case = rerun_case(rt, case_id, by=by)
-    except KeyError:
-        console.print(f"[red]no case {case_id}[/red]")
-        raise typer.Exit(EXIT_ERROR) from None
-    except RerunError as exc:
-        console.print(f"[red]cannot rerun:[/red] {exc}")
-        raise typer.Exit(EXIT_ERROR) from None
+        case = _case_op(case_id, lambda: rerun_case(rt, case_id, by=by), RerunError, "rerun")
+    except typer.Exit:
+        raise
     except Exception as exc:  # noqa: BLE001 - the case is marked failed and audited; say why, briefly
         console.print(f"[red]rerun of {case_id} failed:[/red] {type(exc).__name__}: {str(exc)[:500]}")
         raise typer.Exit(EXIT_ERROR) from None
@@ -233,7 +243,8 @@ def rerun(case_id: str, config: Optional[Path] = ConfigOpt, as_json: bool = Json
 @cases_app.command("list")
 def cases_list(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
                status: Optional[str] = typer.Option(None, help="Only cases in this status; writeback_pending: "
-                                                              "cases with a write-back not yet in the SIEM.")) -> None:
+                                                              "cases with a write-back not yet in the SIEM; "
+                                                              "needs_human: cases the task queue gave up on.")) -> None:
     """List cases, newest alert first."""
     storage = _storage(config)
     store = storage.cases()
@@ -433,6 +444,81 @@ def serve(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
                   f"var of an approver (serve.approvers) or the viewer token (${settings.serve.viewer_token_env})")
     uvicorn.run(application, host=settings.serve.host, port=settings.serve.port,
                 log_level="warning" if as_json else "info")
+
+
+def _queue_settings(config: Optional[Path]) -> Any:
+    """The settings, when they configure a task queue; a clear exit 1 when they do not."""
+    settings = _settings(config)
+    try:
+        queue = settings.queue_settings()
+    except Exception as exc:  # noqa: BLE001 - SettingsError: say which key
+        console.print(f"[red]configuration error:[/red] {escape(str(exc))}")
+        raise typer.Exit(EXIT_ERROR) from None
+    if queue is None:
+        console.print("[red]no task queue is configured:[/red] add a `queue:` section with the Redis broker "
+                      "(README, Task queue); without one, `serve` and `run` do the work themselves")
+        raise typer.Exit(EXIT_ERROR)
+    return settings
+
+
+@app.command()
+def worker(config: Optional[Path] = ConfigOpt,
+           concurrency: int = typer.Option(0, "--concurrency", "-c", min=0, help="Tasks at once (processes or "
+                                           "threads); 0: one per CPU."),
+           queues: list[str] = typer.Option([], "--queues", "-Q", help="Queues to take tasks from (repeatable or "
+                                            "comma-separated; default: the case queue and its periodic queue)."),
+           pool: str = typer.Option("prefork", help="prefork (a process per task, the default), threads or solo."),
+           name: Optional[str] = typer.Option(None, "--name", "-n", help="Worker name (default siemcrew-PID@host)."),
+           beat: bool = typer.Option(False, "--beat", help="Also run celery beat in this worker (small set-ups "
+                                     "only: one beat per deployment)."),
+           loglevel: str = typer.Option("INFO", help="Celery log level."),
+           max_tasks_per_child: Optional[int] = typer.Option(None, min=1, help="Replace a pool process after "
+                                                             "this many tasks.")) -> None:
+    """Start a Celery worker that investigates, resumes and acts on queued cases (needs `queue:`)."""
+    from siemcrew.config.settings import SettingsError
+    from siemcrew.crew.queue.worker import run_worker
+
+    if pool not in ("prefork", "threads", "solo"):
+        console.print(f"[red]unknown pool {pool!r}[/red]: use prefork, threads or solo")
+        raise typer.Exit(EXIT_USAGE)
+    settings = _queue_settings(config)
+    import os
+
+    names = [q.strip() for item in queues for q in item.split(",") if q.strip()]
+    try:
+        run_worker(settings, concurrency or os.cpu_count() or 1, pool=pool, queues=names or None,  # type: ignore[arg-type]
+                   name=name, beat=beat, loglevel=loglevel, max_tasks_per_child=max_tasks_per_child)
+    except SettingsError as exc:
+        console.print(f"[red]configuration error:[/red] {escape(str(exc))}")
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+@app.command("beat")
+def beat_command(config: Optional[Path] = ConfigOpt, loglevel: str = typer.Option("INFO", help="Celery log level.")
+                 ) -> None:
+    """Start celery beat: the periodic tasks (outbox, sweep, and polling the SIEM when queue.poll_every_s is set).
+    Run exactly one per deployment."""
+    from siemcrew.config.settings import SettingsError
+    from siemcrew.crew.queue.worker import run_beat
+
+    settings = _queue_settings(config)
+    try:
+        run_beat(settings, loglevel=loglevel)
+    except SettingsError as exc:
+        console.print(f"[red]configuration error:[/red] {escape(str(exc))}")
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+@cases_app.command("requeue")
+def cases_requeue(case_id: str, by: str = typer.Option(..., help="Who puts it back (audited)."),
+                  reason: str = typer.Option(..., help="What was fixed."), config: Optional[Path] = ConfigOpt,
+                  as_json: bool = JsonOpt) -> None:
+    """Put a dead-lettered case (status needs_human) back on the task queue once its cause is fixed."""
+    from siemcrew.crew.queue.deadletter import RequeueError, requeue
+
+    rt = _runtime(config)
+    case = _case_op(case_id, lambda: requeue(rt, case_id, by=by, reason=reason), RequeueError, "requeue")
+    _emit([_case_row(case)], as_json, lambda: _cases_table([case], f"requeued {case_id}"))
 
 
 @app.command("eval")

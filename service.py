@@ -1,7 +1,7 @@
 """`siemcrew serve`: alert hand-offs from Splunk and Kibana, cases and approvals over HTTP.
 
 Requests answer at once; investigations run on a worker thread over the same operations as the
-CLI. Hand-offs are idempotent (Splunk `sid`, Elastic alert uuid), and cases left unfinished by a
+CLI, or, with a task queue configured, on `siemcrew worker` processes (the service only enqueues). Hand-offs are idempotent (Splunk `sid`, Elastic alert uuid), and cases left unfinished by a
 crash are picked up again when the service starts.
 """
 
@@ -142,6 +142,31 @@ class Worker:
             log.warning("%d write-back(s) still pending: %s", len(pending), "; ".join(i.line() for i in pending[:3]))
 
 
+class Enqueuer:
+    """With a task queue (`queue:`): admitted cases are sent to the workers (crew/queue/), this process
+    investigates nothing itself. At start it sweeps: work stored but lost on its way to the queue is sent
+    again (the beat's sweep does the same periodically)."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.rt = runtime
+        self.idle = threading.Event()
+        self.idle.set()  # nothing is ever worked on here
+
+    def start(self) -> None:
+        from siemcrew.crew.queue.sweep import sweep
+
+        try:
+            sweep(self.rt)
+        except Exception:  # noqa: BLE001 - the beat's sweep tries again; intake must come up
+            log.exception("start-up sweep failed")
+
+    def submit(self, case_id: str) -> None:
+        self.rt.queue.investigate(case_id, by="serve")
+
+    def stop(self) -> None:
+        return None
+
+
 INTAKE_BATCH = 100  # alerts admitted in one go; a longer list is admitted in the background, in batches
 MAX_JOBS_KEPT = 1000
 
@@ -218,7 +243,8 @@ def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
 
         rt = runtime or Runtime(settings)
         state["rt"] = rt
-        state["worker"] = Worker(rt, outbox_every_s=settings.serve.outbox_every_s)
+        state["worker"] = (Enqueuer(rt) if rt.queue is not None
+                           else Worker(rt, outbox_every_s=settings.serve.outbox_every_s))
         state["worker"].start()
         state["intake"] = IntakeJobs(admit_batch)
         app.state.worker = state["worker"]

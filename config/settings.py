@@ -204,6 +204,7 @@ class Settings(BaseSettings):
     splunk: dict[str, Any] | None = None
     elastic: dict[str, Any] | None = None
     edr: dict[str, Any] | None = None
+    queue: dict[str, Any] | None = None  # a Celery task queue on Redis (config/queue.py); absent: in-process
     llm: LlmSettings | None = None
     investigation: InvestigationSettings = Field(default_factory=InvestigationSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
@@ -294,6 +295,8 @@ class Settings(BaseSettings):
         self.audit.key_file = fix(self.audit.key_file)
         if self.database is not None:
             self.database.password_file = fix(self.database.password_file)
+        if self.queue and self.queue.get("password_file"):
+            self.queue["password_file"] = fix(str(self.queue["password_file"]))
 
     # -- derived locations -------------------------------------------------------------------
     @property
@@ -304,6 +307,19 @@ class Settings(BaseSettings):
         """A config YAML: the override named in settings, else the packaged default."""
         override = getattr(self, f"{name}_file", None)
         return Path(override) if override else CONFIG_DIR / f"{name}.yaml"
+
+    def queue_settings(self) -> Any:
+        """The `queue:` section validated (`config/queue.py`), or None when work runs in-process."""
+        if self.queue is None:
+            return None
+        from siemcrew.config.queue import QueueSettings
+
+        try:
+            return QueueSettings.model_validate(self.queue)
+        except SettingsError:
+            raise
+        except ValueError as exc:
+            raise SettingsError(f"invalid queue section: {describe_error(exc)}") from None
 
     def audit_key(self) -> bytes | None:
         """The audit chain's HMAC key, or None (plain sha256). A configured key file that is missing,

@@ -137,6 +137,36 @@ def _checks(settings: Settings, data_days: int | None) -> list[dict[str, Any]]:
 
     results.append(_check("case store", quarantine))
 
+    def dead_letters() -> str:
+        from siemcrew.crew.casestore import CaseStore
+
+        path = home / "cases.db"
+        stuck = CaseStore(path).list(status="needs_human") if path.exists() else []
+        if stuck:
+            raise RuntimeError(f"{len(stuck)} case(s) the task queue gave up on (siemcrew cases requeue once fixed): "
+                               + "; ".join(f"{c.id} ({c.dead_letter.task}: {c.dead_letter.reason[:120]})"
+                                           for c in stuck[:3] if c.dead_letter))
+        return "no case waits for a human because of the task queue"
+
+    results.append(_check("dead letters", dead_letters))
+
+    if settings.queue is not None:
+        def task_queue() -> str:
+            from siemcrew.crew.queue.broker import redis_client
+
+            queue = settings.queue_settings()
+            client = redis_client(queue)
+            try:
+                client.ping()
+                waiting = {name: int(client.llen(name)) for name in (queue.name, queue.periodic_queue)}
+                unacked = int(client.hlen("unacked"))
+            finally:
+                client.close()
+            return (f"broker reachable; waiting: " + ", ".join(f"{n} {c}" for n, c in waiting.items())
+                    + f"; delivered, not yet acknowledged: {unacked}")
+
+        results.append(_check("task queue", task_queue))
+
     def connector() -> str:
         from siemcrew.crew.runtime import build_siem
 

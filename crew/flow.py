@@ -28,6 +28,7 @@ from pydantic import PrivateAttr
 from siemcrew.crew.brains.llm import BudgetedLLM, ModelHalted
 from siemcrew.crew.briefing import brief
 from siemcrew.crew.context import InvestigationContext
+from siemcrew.crew.faults import fault_point
 from siemcrew.crew.indicators import short_host
 from siemcrew.crew.models import ActionProposal, Case
 from siemcrew.crew.policy import VERDICT_RANK
@@ -96,6 +97,7 @@ class InvestigationFlow(Flow[CaseState]):
         ctx = self._ctx(role)
         brain = rt.brain(role, ctx)
         ctx.audit("stage", {"stage": role, "round": self.case.round, "brain": type(brain).__name__})
+        fault_point(f"stage:{role}")
         try:
             output = rt.crews.run(role, ctx, brain, self._inputs())
         except Exception as exc:

@@ -19,7 +19,8 @@ from siemcrew.crew.timeutil import iso, parse_time, utcnow
 Verdict = Literal["benign", "suspicious", "malicious", "inconclusive"]
 Confidence = Literal["low", "medium", "high"]
 EvidenceStatus = Literal["ok", "empty", "error"]
-CaseStatus = Literal["new", "investigating", "awaiting_approval", "escalated", "closed", "failed"]
+# needs_human: the task queue gave up on the case (crew/queue/deadletter.py); `case.dead_letter` says why
+CaseStatus = Literal["new", "investigating", "awaiting_approval", "escalated", "closed", "failed", "needs_human"]
 PolicyOutcome = Literal["auto", "approval_required", "denied"]
 ActionState = Literal["pending", "done", "failed", "timed_out", "dry_run", "skipped"]
 
@@ -376,6 +377,18 @@ class Halt(Model):
     at: datetime = Field(default_factory=utcnow)
 
 
+class DeadLetter(Model):
+    """Why the task queue stopped working a case and handed it to a human: the task (investigate, resume,
+    execute) kept failing after its retries, or its deliveries kept killing the worker running them.
+    Nothing was written to the SIEM; `siemcrew cases requeue` puts the task back once the cause is fixed."""
+
+    task: str
+    reason: str
+    attempts: int = 0
+    status: str = "investigating"  # the case's status before; a requeue restores it
+    at: datetime = Field(default_factory=utcnow)
+
+
 class Case(Model):
     """One persistent investigation; the crewAI flow state holds exactly this."""
 
@@ -411,6 +424,7 @@ class Case(Model):
     # a flow run again on this case (after a crash, or a rerun after a halt) takes them as done
     stages_done: list[str] = Field(default_factory=list)
     halt: Halt | None = None
+    dead_letter: DeadLetter | None = None
     queries: int = 0
     unsupported_findings: int = 0
     flow_id: str | None = None

@@ -12,9 +12,9 @@ is back).
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from contextlib import contextmanager
@@ -23,7 +23,7 @@ from siemcrew.crew.approvals import ApprovalError
 from siemcrew.crew.models import ActionProposal, Alert, Approval, Case, Halt
 from siemcrew.crew.outbox import BACKOFF_S, OutboxItem
 from siemcrew.crew.runtime import Runtime, final_status
-from siemcrew.crew.sqldialect import FileLocks, LockBusy, hold
+from siemcrew.crew.sqldialect import LockBusy
 
 FINISHED = ("closed", "escalated")
 MAX_ATTEMPTS = 3  # a case whose flow crashed is tried again, this many times in all
@@ -51,6 +51,7 @@ class RunSummary:
     failed: int = 0
     halted: int = 0  # escalated because the model failed or the LLM budget ran out
     awaiting_approval: int = 0
+    enqueued: int = 0  # with a task queue: cases handed to the workers (investigations and resumes)
     verdicts: dict[str, int] = field(default_factory=dict)
     cases: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -86,13 +87,41 @@ def investigate(rt: Runtime, alert: Alert) -> Case:
 
 def run_case(rt: Runtime, case: Case) -> Case:
     """Run or resume the case's flow, if no other live process is working on it right now."""
-    if not rt.cases.lease(case.id):
-        rt.audit.append("lease_busy", "system", {"case": case.id}, case_id=case.id)
-        return rt.cases.get(case.id)
+    done = try_run_case(rt, case)
+    return done if done is not None else rt.cases.get(case.id)
+
+
+def try_run_case(rt: Runtime, case: Case) -> Case | None:
+    """`run_case`, or None when another worker holds the case (a queued task then tries again later)."""
+    with leased(rt, case.id) as held:
+        return _run_case(rt, case) if held else None
+
+
+_HELD: set[str] = set()  # cases a thread of this process works on (the store's lease is per process)
+_HELD_LOCK = threading.Lock()
+
+
+@contextmanager
+def leased(rt: Runtime, case_id: str) -> Iterator[bool]:
+    """Hold the case while working on it: True when this thread may, False when another thread here or
+    another live process has it (audited as lease_busy). The store's lease admits one process per case;
+    the set above admits one thread of that process (a worker running tasks on threads)."""
+    with _HELD_LOCK:
+        mine = case_id not in _HELD
+        _HELD.add(case_id)
     try:
-        return _run_case(rt, case)
+        if not mine or not rt.cases.lease(case_id):
+            rt.audit.append("lease_busy", "system", {"case": case_id}, case_id=case_id)
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            rt.cases.release(case_id)
     finally:
-        rt.cases.release(case.id)
+        if mine:
+            with _HELD_LOCK:
+                _HELD.discard(case_id)
 
 
 def _run_case(rt: Runtime, case: Case) -> Case:
@@ -190,39 +219,38 @@ def rerun(rt: Runtime, case_id: str, by: str = "cli") -> Case:
     case = rt.cases.get(case_id)
     if case.halt is None:
         raise RerunError(f"{case_id} is {case.status} and was not stopped by its model or budget: nothing to rerun")
-    if not rt.cases.lease(case.id):
-        rt.audit.append("lease_busy", "system", {"case": case.id}, case_id=case.id)
-        return rt.cases.get(case.id)
-    try:
-        case = rt.cases.get(case_id)
-        halt = case.halt
-        if halt is None:
-            return case  # another process reran it meanwhile
-        llm = rt.settings.llm
-        if halt.reason == "budget_exhausted" and llm is not None and halt.stage in llm.roles and halt.budget == {
-                "max_calls_per_case": llm.max_calls_per_case, "max_tokens_per_case": llm.max_tokens_per_case}:
-            raise RerunError(
-                f"{case_id} used {case.llm_calls} requests and {case.llm_tokens} tokens of a budget that is "
-                f"unchanged ({llm.max_calls_per_case} requests, {llm.max_tokens_per_case} tokens per case): raise "
-                f"llm.max_calls_per_case / llm.max_tokens_per_case, or run the {halt.stage} role on the playbook "
-                "brain, then rerun")
-        for result in case.results:
-            if result.action in HALT_WRITE_BACKS:
-                rt.ledger.supersede(result.key)
-        case.halt = None
-        case.status = "investigating"
-        case.flow_id = None  # a new flow run over the case as the store holds it, finished stages kept
-        case.proposals, case.results = [], []
-        case.note(by, "rerun", f"after {HALT_LABEL[halt.reason]} in the {halt.stage} stage")
-        rt.audit.append("rerun", by, {"after": halt.reason, "stage": halt.stage, "llm_calls": case.llm_calls,
-                                      "llm_tokens": case.llm_tokens,
-                                      "budget": {"max_calls_per_case": llm.max_calls_per_case,
-                                                 "max_tokens_per_case": llm.max_tokens_per_case} if llm else {}},
-                        case_id=case.id)
-        rt.cases.save(case)
-        return _run_case(rt, case)
-    finally:
-        rt.cases.release(case.id)
+    with leased(rt, case.id) as held:
+        return _rerun(rt, case_id, by) if held else rt.cases.get(case.id)
+
+
+def _rerun(rt: Runtime, case_id: str, by: str) -> Case:
+    case = rt.cases.get(case_id)
+    halt = case.halt
+    if halt is None:
+        return case  # another process reran it meanwhile
+    llm = rt.settings.llm
+    if halt.reason == "budget_exhausted" and llm is not None and halt.stage in llm.roles and halt.budget == {
+            "max_calls_per_case": llm.max_calls_per_case, "max_tokens_per_case": llm.max_tokens_per_case}:
+        raise RerunError(
+            f"{case_id} used {case.llm_calls} requests and {case.llm_tokens} tokens of a budget that is "
+            f"unchanged ({llm.max_calls_per_case} requests, {llm.max_tokens_per_case} tokens per case): raise "
+            f"llm.max_calls_per_case / llm.max_tokens_per_case, or run the {halt.stage} role on the playbook "
+            "brain, then rerun")
+    for result in case.results:
+        if result.action in HALT_WRITE_BACKS:
+            rt.ledger.supersede(result.key)
+    case.halt = None
+    case.status = "investigating"
+    case.flow_id = None  # a new flow run over the case as the store holds it, finished stages kept
+    case.proposals, case.results = [], []
+    case.note(by, "rerun", f"after {HALT_LABEL[halt.reason]} in the {halt.stage} stage")
+    rt.audit.append("rerun", by, {"after": halt.reason, "stage": halt.stage, "llm_calls": case.llm_calls,
+                                  "llm_tokens": case.llm_tokens,
+                                  "budget": {"max_calls_per_case": llm.max_calls_per_case,
+                                             "max_tokens_per_case": llm.max_tokens_per_case} if llm else {}},
+                    case_id=case.id)
+    rt.cases.save(case)
+    return _run_case(rt, case)
 
 
 def decide(rt: Runtime, case_id: str, action: str, decision: str, by: str, reason: str,
@@ -237,6 +265,12 @@ def decide(rt: Runtime, case_id: str, action: str, decision: str, by: str, reaso
     if rt.approvals.pending(case_id):
         case.note(by, f"{decision}d", f"{action} {approval.target}: {reason}")
         rt.cases.save(case)
+        return approval, case
+    if rt.queue is not None:
+        # the last decision: whichever worker picks the task up continues the case
+        case.note(by, f"{decision}d", f"{action} {approval.target}: {reason}; continued by a worker")
+        rt.cases.save(case)
+        rt.queue.after_decisions(case, by=by)
         return approval, case
     return approval, resume(rt, case)
 
@@ -268,11 +302,8 @@ def propose(rt: Runtime, case_id: str, action: str, target: str, by: str, reason
 def resume(rt: Runtime, case: Case) -> Case:
     if case.status != "awaiting_approval":
         return case
-    if not case.flow_id or rt.flow_persistence.load_pending_feedback(case.flow_id) is None:
-        # No paused flow (a proposal made after the investigation): execute what is now decided.
-        rt.act(case)
-        rt.cases.save(case)
-        return case
+    if not paused(rt, case):
+        return execute_decided(rt, case)
     flow_cls = _flow(rt)
     try:
         flow = flow_cls.from_pending(case.flow_id, rt.flow_persistence)
@@ -286,11 +317,17 @@ def resume(rt: Runtime, case: Case) -> Case:
     return final
 
 
-@contextmanager
-def run_lock(path: Path) -> Iterator[None]:
-    """The embedded run lock, an `fcntl` lock on `path` (`rt.storage.run_lock()` picks the engine's own)."""
-    with hold(FileLocks(path.parent), path.name.removesuffix(".lock"), "run"):
-        yield
+def paused(rt: Runtime, case: Case) -> bool:
+    """A flow of this case waits for its decisions in the flow persistence."""
+    return bool(case.flow_id) and rt.flow_persistence.load_pending_feedback(case.flow_id) is not None
+
+
+def execute_decided(rt: Runtime, case: Case) -> Case:
+    """No paused flow (a proposal made after the investigation, or a resume cut short after the flow was taken
+    from persistence): execute what is now decided; the ledger runs each action key once."""
+    rt.act(case)
+    rt.cases.save(case)
+    return case
 
 
 def read_checkpoint(rt: Runtime) -> str | None:
@@ -299,6 +336,21 @@ def read_checkpoint(rt: Runtime) -> str | None:
 
 def write_checkpoint(rt: Runtime, checkpoint: str | None) -> None:
     rt.checkpoints.put(rt.siem.name, checkpoint)
+
+
+def fetch(rt: Runtime, summary: RunSummary, limit: int) -> Any:
+    """The alerts since the checkpoint; how many, and the inputs that could not be read, go in the summary."""
+    batch = rt.siem.fetch_alerts(read_checkpoint(rt), limit=limit)
+    summary.fetched = len(batch.alerts)
+    summary.rejected_inputs = list(batch.problems)
+    return batch
+
+
+def advance(rt: Runtime, summary: RunSummary, batch: Any) -> None:
+    """Move the checkpoint past the batch unless an alert failed (then it is fetched again next time)."""
+    if not summary.failed:
+        write_checkpoint(rt, batch.checkpoint)
+    summary.checkpoint = batch.checkpoint if not summary.failed else read_checkpoint(rt)
 
 
 def drain_outbox(rt: Runtime, now: float | None = None) -> list[OutboxItem]:
@@ -381,11 +433,16 @@ def reconcile_containment(rt: Runtime) -> list[str]:
 
 
 def run(rt: Runtime, limit: int = 100, progress: Callable[[Alert], None] | None = None) -> RunSummary:
-    """Cron mode: fetch since the checkpoint, investigate, advance the checkpoint, summarize.
+    """Cron mode: fetch since the checkpoint, investigate, advance the checkpoint, summarize (with a task
+    queue: fetch, store the cases and enqueue them for the workers, crew/queue/poll.py).
 
     The checkpoint advances only after every fetched alert is admitted and run; an alert admitted
     before a crash is found again by id (no repeat) and unfinished cases are resumed first.
     """
+    if rt.queue is not None:
+        from siemcrew.crew.queue.poll import poll
+
+        return poll(rt, limit=limit, progress=progress)
     summary = RunSummary()
     with rt.storage.run_lock():
         drain_outbox(rt, now=float("inf"))  # a run (cron spaces them) tries every pending write-back first
@@ -402,9 +459,7 @@ def run(rt: Runtime, limit: int = 100, progress: Callable[[Alert], None] | None 
                     resume(rt, case)
                 except Exception as exc:  # noqa: BLE001 - summarized, the run continues
                     summary.errors.append(f"{case.id}: {exc}"[:300])
-        batch = rt.siem.fetch_alerts(read_checkpoint(rt), limit=limit)
-        summary.fetched = len(batch.alerts)
-        summary.rejected_inputs = list(batch.problems)
+        batch = fetch(rt, summary, limit)
         for alert in batch.alerts:
             if progress:
                 progress(alert)
@@ -425,14 +480,13 @@ def run(rt: Runtime, limit: int = 100, progress: Callable[[Alert], None] | None 
             summary.verdicts[case.verdict] = summary.verdicts.get(case.verdict, 0) + 1
             if case.status == "awaiting_approval":
                 summary.awaiting_approval += 1
-        if not summary.failed:
-            write_checkpoint(rt, batch.checkpoint)
-        summary.checkpoint = batch.checkpoint if not summary.failed else read_checkpoint(rt)
+        advance(rt, summary, batch)
         # write-backs that failed in this run are retried once more before it ends (a blip); what is still
         # pending is listed (exit 4) and retried by the next run and by serve
         summary.writeback_pending = [item.line() for item in drain_outbox(rt, now=time.time() + BACKOFF_S[0])]
     return summary
 
 
-__all__ = ["ApprovalError", "LockBusy", "RerunError", "RunSummary", "decide", "drain_outbox", "halt_case", "investigate", "propose", "reconcile_containment",
-           "rerun", "resume", "run", "run_case"]
+__all__ = ["ApprovalError", "LockBusy", "RerunError", "RunSummary", "decide", "drain_outbox", "execute_decided",
+           "halt_case", "investigate", "leased", "paused", "propose", "reconcile_containment", "rerun", "resume", "run",
+           "run_case", "try_run_case"]

@@ -72,6 +72,18 @@ class Runtime:
         self._rules: list[Any] | None = None
         self._crews: Any = None
         self._flow_persistence: Any = None
+        self.queue_settings = settings.queue_settings()  # validated now: a bad `queue:` fails at start
+        self._queue: Any = None
+
+    @property
+    def queue(self) -> Any:
+        """The task queue's dispatcher (crew/queue/dispatch.py) when `queue:` is configured; None runs the work
+        in this process, as without a queue."""
+        if self.queue_settings is not None and self._queue is None:
+            from siemcrew.crew.queue.dispatch import Dispatcher
+
+            self._queue = Dispatcher(self)
+        return self._queue
 
     # -- crew pieces (crewAI imported lazily) -------------------------------------------------
     @property

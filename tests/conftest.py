@@ -19,6 +19,8 @@ from servers.postgres import pg_url, postgres, state_db  # noqa: E402,F401 - fix
 
 offline.prepare(_STORAGE)
 
+from servers.redis import redis_server  # noqa: E402,F401  (a session fixture: the real Redis for queue tests)
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 SHARED = REPO.parent / "shared"

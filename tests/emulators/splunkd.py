@@ -25,6 +25,10 @@ Faults on demand with `fail_next(kind, n, **options)`:
 Every fault takes `after=k`: the first k matching requests pass untouched, so a fault can land in
 the middle of a run rather than on its first request.
 
+Latency and capacity, for benchmarks: `search_delay_s` makes every search take that long (a job stays
+RUNNING, oneshot and export answer after it) and `max_running_searches` caps the searches running at once
+(a dispatch beyond it gets the 503 role-quota answer, as Splunk does when a user's quota is reached).
+
 The credential store (`storage/passwords`, JSON) serves `passwords[(realm, username)]` to a valid
 session, as the Splunk app's alert action reads its serve token.
 """
@@ -148,6 +152,7 @@ class Job:
     running_polls: int = 0
     failed: str | None = None
     cancelled: bool = False
+    ready_at: float = 0.0  # time.monotonic() when the search is done (search_delay_s after dispatch)
 
 
 @dataclass
@@ -196,8 +201,14 @@ class SplunkdEmulator:
         saved_searches: list[SavedSearch] | None = None,
         now: float | None = None,
         passwords: dict[tuple[str, str], str] | None = None,
+        search_delay_s: float = 0.0,
+        max_running_searches: int | None = None,
     ) -> None:
         self.version = version
+        # a search takes this long (its job stays RUNNING, oneshot and export answer after it), and at most
+        # this many run at once: a dispatch beyond it gets the 503 role-quota answer (benchmarks/scale.py)
+        self.search_delay_s = search_delay_s
+        self.max_running_searches = max_running_searches
         self.users = users if users is not None else {"admin": "changeme"}
         self.tokens = tokens if tokens is not None else {"test-bearer-token"}
         self.hec_tokens = hec_tokens if hec_tokens is not None else {"test-hec-token"}
@@ -335,6 +346,11 @@ class SplunkdEmulator:
     # -- views for tests -------------------------------------------------------------------
     def calls(self, endpoint_part: str, method: str | None = None) -> list[RequestLog]:
         return [r for r in self.requests if endpoint_part in r.endpoint and (method is None or r.method == method)]
+
+    def running_searches(self) -> int:
+        now = time.monotonic()
+        with self._lock:
+            return sum(1 for job in self.jobs.values() if job.ready_at > now and not job.cancelled)
 
     def new_sid(self) -> str:
         with self._lock:
@@ -541,10 +557,11 @@ class _Handler(BaseHTTPRequestHandler):
     # -- search jobs -------------------------------------------------------------------------
     def _dispatch(self, search: str, params: dict[str, str], keep: bool = True) -> Job:
         app = self.app
-        if app.take_fault("quota"):
+        if app.take_fault("quota") or (app.max_running_searches is not None
+                                       and app.running_searches() >= app.max_running_searches):
             raise _Reply(503, xml_messages(QUOTA_MESSAGE, "WARN"))
         sid = app.new_sid()
-        job = Job(sid, search, params)
+        job = Job(sid, search, params, ready_at=time.monotonic() + app.search_delay_s)
         try:
             result = app.engine.run(search, params.get("earliest_time"), params.get("latest_time"), now=app.now(),
                                     **_search_mode(params))
@@ -572,6 +589,7 @@ class _Handler(BaseHTTPRequestHandler):
             search = form.get("search", "")
             if form.get("exec_mode") == "oneshot":
                 job = self._dispatch(search, form, keep=False)
+                time.sleep(max(0.0, job.ready_at - time.monotonic()))
                 raise _Reply(200, self._results_body(job, form), "application/json")
             job = self._dispatch(search, form)
             if form.get("output_mode") == "json":
@@ -601,8 +619,8 @@ class _Handler(BaseHTTPRequestHandler):
         job.status_polls += 1
         if job.status_polls == 1:
             raise _Reply(204, b"")  # right after create: not ready yet
-        if job.running_polls > 0:
-            job.running_polls -= 1
+        if job.running_polls > 0 or time.monotonic() < job.ready_at:
+            job.running_polls = max(0, job.running_polls - 1)
             state, done, failed, progress = "RUNNING", "0", "0", "0.42000"
         elif job.failed:
             state, done, failed, progress = "FAILED", "1", "1", "1.00000"
@@ -636,6 +654,7 @@ class _Handler(BaseHTTPRequestHandler):
         app = self.app
         if app.take_fault("quota"):
             raise _Reply(503, xml_messages(QUOTA_MESSAGE, "WARN"))
+        time.sleep(app.search_delay_s)
         search = form.get("search", "")
         try:
             mode = _search_mode(form)
