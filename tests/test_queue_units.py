@@ -15,6 +15,7 @@ import yaml
 from conftest import run_cli
 
 from siemcrew.config.settings import Settings, SettingsError
+from siemcrew.crew.checkpoints import CheckpointStore
 from siemcrew.crew.queue.app import DRAIN_OUTBOX, INVESTIGATE, POLL, SWEEP, make_app
 from siemcrew.crew.queue.broker import broker_url
 from siemcrew.crew.queue.deaths import DeathCounter
@@ -117,7 +118,7 @@ def test_run_fails_clearly_when_the_broker_cannot_be_reached(redis_server: Any, 
     proc = dep.cli("run", "--json")
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "run failed" in proc.stderr and json.loads(proc.stdout)["fetched"] == 0
-    assert not (dep.home / "checkpoint-local.json").exists()  # nothing fetched, nothing lost
+    assert CheckpointStore(dep.home / "cases.db").get("local") is None  # nothing fetched, nothing lost
 
 
 def test_serve_with_a_queue_admits_and_enqueues(redis_server: Any, tmp_path: Path,

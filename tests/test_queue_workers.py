@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
+from siemcrew.crew.checkpoints import CheckpointStore
 from servers.workers import STOPS, Deployment, copies, demo_alert, demo_alerts, deployment
 
 from emulators.e2e_helpers import EXPECTED, serve  # isort: skip
@@ -113,7 +114,7 @@ def test_two_workers_finish_a_burst_with_no_duplicate_case_or_action(fleet: Depl
     assert (first["fetched"], first["enqueued"], first["investigated"]) == (len(BURST), len(BURST), 0), first
     # the same alerts fetched again while the workers hold them: a replay. With sweep_after_s tiny the
     # run also enqueues every unfinished case again: the duplicates at-least-once delivery produces
-    (dep.home / "checkpoint-local.json").unlink()
+    CheckpointStore(dep.home / "cases.db").put("local", None)  # fetch from the start again
     replay = dep.cli_json("run")
     assert replay["fetched"] == len(BURST) and replay["skipped_known"] == len(BURST), replay
     dep.wait_cases(lambda cs: len(cs) == len(BURST) and all(c.status in STOPS for c in cs))
