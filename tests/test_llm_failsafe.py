@@ -7,6 +7,7 @@ itself; `rerun` continues it from the stage that stopped once the model is back 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,8 @@ def _assert_escalated_for_a_human(rt: Runtime, case: Case, reason: str, label: s
     (server_error(500), {"max_retries": 1}, "HTTP 500"),
     (hang(30), {"timeout_s": 1}, "timed out"),
     (malformed(), {}, "not JSON"),
-    (empty(), {}, "ValueError"),  # crewAI turns an empty answer into a ValueError
+    # crewAI turns an empty answer into a ValueError (from 1.15.4x: EmptyLLMResponseError, after one retry)
+    (empty(), {}, "ValueError|EmptyLLMResponseError"),
 ], ids=["500", "hang", "malformed", "empty"])
 def test_a_failing_model_escalates_the_case_with_its_evidence_and_writes_it_back(
         tmp_path: Path, fault: Reply, settings: dict[str, Any], cause: str) -> None:
@@ -111,7 +113,7 @@ def test_a_failing_model_escalates_the_case_with_its_evidence_and_writes_it_back
         assert len(server.chats) == sent and again.status == "escalated"
 
     _assert_escalated_for_a_human(rt, case, "model_unavailable", "model unavailable")
-    assert cause in case.halt.detail and cause in case.summary
+    assert re.search(cause, case.halt.detail) and re.search(cause, case.summary)
     assert elapsed < 30  # the hung request was abandoned after timeout_s, not the server's 30 s
     assert case.llm_calls == sent  # every request the server saw is counted (retries too)
 

@@ -166,11 +166,13 @@ def test_unknown_tools_and_bad_arguments_reach_no_tool(tmp_path: Path) -> None:
 
 
 def test_an_empty_answer_ends_the_stage_with_an_error(tmp_path: Path) -> None:
-    with OpenAIServer([empty(), text("never asked")]) as server:
+    """crewAI up to 1.15.3x raises at the first empty answer; later releases ask once more first. Either way
+    the stage ends with a clear error, and the model is never asked a third time."""
+    with OpenAIServer([empty(), empty(), text("never asked")]) as server:
         brain, _ = _brain(tmp_path, server)
-        with pytest.raises(ValueError, match="empty"):
+        with pytest.raises(ValueError, match="empty|no content"):
             _kickoff(brain, LookupHost(ran=[]))
-    assert len(server.chats) == 1
+    assert len(server.chats) in (1, 2)
 
 
 # -- faults: bounded by timeout_s and max_retries ------------------------------------------------------
