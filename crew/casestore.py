@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, delete, func, select, update
 
 from siemcrew.crew.database import Database
 from siemcrew.crew.indicators import short_host
@@ -253,6 +253,11 @@ class CaseStore:
                     C.host == short_host(host), C.id != case.id, C.verdict.in_(("malicious", "suspicious")),
                     C.alert_time >= start, C.alert_time <= end).order_by(C.alert_time).limit(limit)).all()
         return [{"case": r[0], "verdict": r[1], "status": r[2], "rule": r[3], "alert_time": r[4]} for r in rows]
+
+    def statuses(self) -> dict[str, int]:
+        """How many cases are in each status, read from the index columns (no case body is parsed)."""
+        with self.db.transaction(write=False) as conn:
+            return {str(s): int(n) for s, n in conn.execute(select(C.status, func.count()).group_by(C.status)).all()}
 
     def list(self, status: str | None = None, limit: int = 200) -> list[Case]:
         query = select(C.id, C.body)

@@ -1,8 +1,10 @@
 """crewAI flow persistence on the state database, so a flow paused in one process (or on one machine)
 resumes in any other: `Flow.from_pending(flow_id, persistence).resume(...)`.
 
-State snapshots (one row per finished method) and pending feedback (one row per paused flow) keep the
-columns of crewAI's `SQLiteFlowPersistence`, so an embedded home's `flows.db` reads as before.
+State snapshots and pending feedback (one row per paused flow) keep the columns of crewAI's
+`SQLiteFlowPersistence`, so an embedded home's `flows.db` reads as before. Unlike crewAI's, a flow keeps only
+its latest snapshot: `load_state` reads nothing else, and a row per finished method (each a whole case with
+its evidence) grew the store by ~1.6 MB per case. The audit log is the history.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from crewai.flow.persistence.base import FlowPersistence
 from pydantic import BaseModel, Field, PrivateAttr
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, delete, select
 
 from siemcrew.crew.database import Database
 from siemcrew.crew.tables import FLOW_TABLES, flow_states, pending_feedback
@@ -72,8 +74,14 @@ class SqlFlowPersistence(FlowPersistence):
 
     def save_state(self, flow_uuid: str, method_name: str, state_data: dict[str, Any] | BaseModel) -> None:
         with self._db.transaction() as conn:
-            conn.execute(flow_states.insert().values(flow_uuid=flow_uuid, method_name=method_name, timestamp=_now(),
-                                                     state_json=_json(_state_dict(state_data))))
+            self._snapshot(conn, flow_uuid, method_name, _json(_state_dict(state_data)))
+
+    @staticmethod
+    def _snapshot(conn: Connection, flow_uuid: str, method_name: str, state: str) -> None:
+        """The flow's latest state replaces its earlier snapshots (in the caller's transaction)."""
+        conn.execute(delete(flow_states).where(F.flow_uuid == flow_uuid))
+        conn.execute(flow_states.insert().values(flow_uuid=flow_uuid, method_name=method_name, timestamp=_now(),
+                                                 state_json=state))
 
     def load_state(self, flow_uuid: str) -> dict[str, Any] | None:
         with self._db.transaction(write=False) as conn:
@@ -87,8 +95,7 @@ class SqlFlowPersistence(FlowPersistence):
         """The snapshot and the paused flow's context, in one transaction."""
         state = _json(_state_dict(state_data))
         with self._db.transaction() as conn:
-            conn.execute(flow_states.insert().values(flow_uuid=flow_uuid, method_name=context.method_name,
-                                                     timestamp=_now(), state_json=state))
+            self._snapshot(conn, flow_uuid, context.method_name, state)
             self._db.upsert(conn, pending_feedback, {"flow_uuid": flow_uuid, "context_json": _json(context.to_dict()),
                                                      "state_json": state, "created_at": _now()}, key=("flow_uuid",))
 

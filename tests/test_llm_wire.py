@@ -75,6 +75,28 @@ def test_llm_request_bounds_have_defaults_and_are_validated(tmp_path: Path) -> N
             Settings.load(None, home=str(tmp_path / "home"), llm={"model": "openai/x", **bad})
 
 
+def test_a_thread_keeps_its_provider_model_across_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building a provider model costs two TLS contexts: a thread builds one per setting and reuses it for
+    every case (its own connection pool); another thread, a changed setting or a rotated key builds anew."""
+    import threading
+
+    with OpenAIServer([text("first"), text("second")], api_key=KEY) as server:
+        first, first_ctx = _brain(tmp_path, server)
+        second, second_ctx = _brain(tmp_path / "other", server)
+        assert first is not second and first.inner is second.inner and first.meter is second.meter
+        assert (first.call([{"role": "user", "content": "a"}]), second.call([{"role": "user", "content": "b"}])) == (
+            "first", "second")
+        assert (first_ctx.case.llm_calls, second_ctx.case.llm_calls) == (1, 1)  # each case counts its own
+        elsewhere: list[Any] = []
+        thread = threading.Thread(target=lambda: elsewhere.append(_brain(tmp_path / "t", server)[0].inner))
+        thread.start()
+        thread.join()
+        assert elsewhere and elsewhere[0] is not first.inner
+        assert _brain(tmp_path / "t2", server, timeout_s=9)[0].inner is not first.inner
+        monkeypatch.setenv(KEY_ENV, "sk-rotated")
+        assert _brain(tmp_path / "t3", server)[0].inner is not first.inner
+
+
 # -- answers round-trip -----------------------------------------------------------------------------
 def test_answer_round_trip_sends_model_messages_max_tokens_and_key(tmp_path: Path) -> None:
     with OpenAIServer([text("triage says: look closer", usage={"prompt_tokens": 40, "completion_tokens": 6})],

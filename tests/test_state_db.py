@@ -55,6 +55,8 @@ def test_cases_are_deduplicated_grouped_and_a_bad_body_is_quarantined(state_db: 
     assert new and other.id != first.id
     assert store.known(_alert("a2")) and not store.known(_alert("a9"))
     assert {c.id for c in CaseStore(state_db.target("cases")).list()} == {first.id, other.id}
+    store.save(first.model_copy(update={"status": "closed"}))
+    assert store.statuses() == {"new": 1, "closed": 1}
     assert store.remember_intake("sid-1", [first.id]) is None
     assert store.remember_intake("sid-1", ["ignored"]) == [first.id]
 
@@ -208,6 +210,8 @@ def test_a_flow_paused_in_one_process_resumes_in_another(state_db: StateDb) -> N
     with pytest.raises(ValueError):
         pausing_flow.PausingFlow.from_pending(flow_id, store)  # resumed once, never twice
     assert store.load_state(flow_id)["steps"] == state["steps"]
+    with store._db.transaction(write=False) as conn:  # only the latest snapshot is kept
+        assert conn.execute(text("SELECT count(*) FROM flow_states WHERE flow_uuid = :f"), {"f": flow_id}).scalar() == 1
 
 
 def test_a_flow_paused_by_crewais_sqlite_persistence_resumes_after_the_upgrade(tmp_path: Path) -> None:

@@ -267,6 +267,42 @@ class BudgetedLLM(BaseLLM):
         return answer
 
 
+def _provider_model(settings: LlmSettings) -> tuple[Any, RequestMeter | None]:
+    """The crewAI model for these settings, kept per thread (a changed setting or secret builds a new one)."""
+    from crewai import LLM
+
+    # timeout / max_retries go to the provider SDK's client (openai: per request, retries with
+    # backoff honouring Retry-After); max_tokens goes into every request body.
+    options: dict[str, Any] = dict(
+        model=settings.model, base_url=settings.base_url, temperature=settings.temperature,
+        api_key=secret(settings.api_key_env) if settings.api_key_env else None,
+        timeout=settings.timeout_s, max_retries=settings.max_retries, max_tokens=settings.max_tokens)
+    key = sha256_of(json.dumps(options, sort_keys=True, default=str))
+    kept: dict[str, tuple[Any, RequestMeter | None]] = getattr(_MODELS, "kept", None) or {}
+    _MODELS.kept = kept
+    if key in kept:
+        return kept[key]
+    meter: RequestMeter | None = None
+    inner: Any = None
+    if not _proxied(settings.base_url):
+        meter = RequestMeter()
+        try:
+            inner = LLM(**options, interceptor=meter)
+        except Exception as exc:  # noqa: BLE001 - providers without interceptors: one request per call
+            if "interceptor" not in str(exc).lower():
+                raise
+            meter, inner = None, None
+    if inner is None:
+        inner = LLM(**options)
+    if meter is not None and not (getattr(inner, "interceptor", None) is meter and type(inner).__module__.startswith(
+            ("crewai.llms.providers.openai", "crewai.llms.providers.anthropic"))):
+        meter = None  # kept by a provider that does not use it: one request per call
+    if len(kept) >= MODELS_KEPT:
+        kept.clear()
+    kept[key] = (inner, meter)
+    return inner, meter
+
+
 def _proxied(base_url: str | None) -> bool:
     """Does an environment proxy apply to the model's address? crewAI's interceptor transport would not go
     through it (httpx ignores the environment's proxies once a transport is given)."""
@@ -278,30 +314,17 @@ def _proxied(base_url: str | None) -> bool:
     return not urllib.request.proxy_bypass(host)
 
 
+_MODELS = threading.local()
+"""This thread's provider models, by their options: building one costs two TLS contexts (~0.1 s of CPU,
+a fifth of a worker's CPU per alert when built per role and case) and drops the connection pool. A thread
+uses its model for one call at a time, so the meter's and the usage counter's deltas stay the call's."""
+MODELS_KEPT = 4
+
+
 def budgeted_llm(settings: LlmSettings, ctx: Any, inner: Any = None) -> BudgetedLLM:
     meter: RequestMeter | None = None
     if inner is None:
-        from crewai import LLM
-
-        # timeout / max_retries go to the provider SDK's client (openai: per request, retries with
-        # backoff honouring Retry-After); max_tokens goes into every request body.
-        options: dict[str, Any] = dict(
-            model=settings.model, base_url=settings.base_url, temperature=settings.temperature,
-            api_key=secret(settings.api_key_env) if settings.api_key_env else None,
-            timeout=settings.timeout_s, max_retries=settings.max_retries, max_tokens=settings.max_tokens)
-        if not _proxied(settings.base_url):
-            meter = RequestMeter()
-            try:
-                inner = LLM(**options, interceptor=meter)
-            except Exception as exc:  # noqa: BLE001 - providers without interceptors: one request per call
-                if "interceptor" not in str(exc).lower():
-                    raise
-                meter, inner = None, None
-        if inner is None:
-            inner = LLM(**options)
-        if meter is not None and not (getattr(inner, "interceptor", None) is meter and type(inner).__module__.startswith(
-                ("crewai.llms.providers.openai", "crewai.llms.providers.anthropic"))):
-            meter = None  # kept by a provider that does not use it: one request per call
+        inner, meter = _provider_model(settings)
     limits = f"timeout {settings.timeout_s:g}s per request, up to {settings.max_retries} retries"
     return BudgetedLLM(model=settings.model, inner=inner, ctx=ctx, role=ctx.agent, limits=limits, meter=meter,
                        max_calls=settings.max_calls_per_case, max_tokens=settings.max_tokens_per_case,

@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,11 +64,22 @@ class Deployment:
     root: Path
     config: str
     env: dict[str, str]
+    database: str | None = None
+    """The PostgreSQL URL its state lives in; None: the SQLite files in its home."""
     workers: list[Worker] = field(default_factory=list)
 
     @property
     def home(self) -> Path:
         return self.root / "home"
+
+    @cached_property
+    def storage(self) -> Any:
+        """Its state, as its processes see it (the stores of crew/storage.py)."""
+        from sqlalchemy.engine import make_url
+
+        from siemcrew.crew.storage import Storage
+
+        return Storage(self.home, make_url(self.database) if self.database else None)
 
     def cli(self, *args: str, timeout: int = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         full = {**os.environ, **self.env, **(env or {})}
@@ -111,9 +123,7 @@ class Deployment:
 
     def cases(self) -> list[Any]:
         """The stored cases, read in this process (a `cases list` process per poll would take a core)."""
-        from siemcrew.crew.casestore import CaseStore
-
-        return CaseStore(self.home / "cases.db").list(limit=10_000)
+        return self.storage.cases().list(limit=10_000)
 
     def wait_cases(self, done: Callable[[list[Any]], bool], timeout_s: float = 120.0) -> list[Any]:
         """Poll the case store until `done(cases)`; fails with the workers' logs otherwise."""
@@ -142,16 +152,15 @@ class Deployment:
         (self.root / "faults.json").write_text(json.dumps(points), encoding="utf-8")
 
     def audit(self, kind: str | None = None) -> list[dict[str, Any]]:
-        path = self.home / "audit.jsonl"
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return [r for r in records if kind is None or r.get("kind") == kind]
+        return [r.model_dump() for r in self.storage.audit_log().read(kind=kind)]
 
 
 def deployment(root: Path, redis: Any, alerts: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None,
-               **queue: Any) -> Deployment:
+               queue_name: str | None = None, database: str | None = None, **queue: Any) -> Deployment:
     """The demo deployment on `redis`, with its own home and queue name; `alerts` replace the demo's
     alert files (the local source reads them), `extra` adds top-level settings. Its workers read their
-    fault points from `<root>/faults.json` (`Deployment.faults`)."""
+    fault points from `<root>/faults.json` (`Deployment.faults`). Machines of one deployment are
+    deployments with a home each and the same `queue_name` and PostgreSQL `database`."""
     root.mkdir(parents=True, exist_ok=True)
     alerts_dir = EXAMPLES / "alerts"
     if alerts is not None:
@@ -163,13 +172,14 @@ def deployment(root: Path, redis: Any, alerts: list[dict[str, Any]] | None = Non
         "source": "local", "home": str(root / "home"),
         "local": {"db": ":memory:", "events": [str(EXAMPLES / "events")], "alerts": [str(alerts_dir)]},
         "executor": "dry-run", "assets_file": str(EXAMPLES / "assets.yaml"),
-        "queue": {"broker": redis.url, "name": f"q-{uuid.uuid4().hex[:10]}", "retry_backoff_s": 0.2,
+        "queue": {"broker": redis.url, "name": queue_name or f"q-{uuid.uuid4().hex[:10]}", "retry_backoff_s": 0.2,
                   "retry_backoff_max_s": 1.0, "max_retries": 4, **queue},
+        **({"database": database} if database else {}),
         **(extra or {}),
     }
     path = root / "siemcrew.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return Deployment(root, str(path), {**redis.env, "SIEMCREW_FAULT_FILE": str(root / "faults.json")})
+    return Deployment(root, str(path), {**redis.env, "SIEMCREW_FAULT_FILE": str(root / "faults.json")}, database)
 
 
 def demo_alert(name: str) -> dict[str, Any]:
