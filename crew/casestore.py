@@ -13,8 +13,10 @@ import hashlib
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -142,6 +144,37 @@ class CaseStore:
                 return False
             self.db.upsert(conn, leases, mine)
             return True
+
+    def renew(self, case_id: str) -> bool:
+        """Push this process's lease on the case a lease-length further; False when it is no longer ours."""
+        with self.db.transaction() as conn:
+            renewed = conn.execute(update(leases).where(
+                leases.c.case_id == case_id, leases.c.host == socket.gethostname(), leases.c.pid == os.getpid(),
+            ).values(expires=time.time() + LEASE_SECONDS)).rowcount
+        return renewed == 1
+
+    @contextmanager
+    def kept(self, case_id: str) -> Iterator[None]:
+        """Renew a held lease every third of its length while the body runs: an investigation may outlast
+        one lease (a slow model, a SIEM queue) without a second process taking the case from a live one."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(LEASE_SECONDS / 3):
+                try:
+                    if not self.renew(case_id):
+                        log.warning("lease on %s is no longer held by this process", case_id)
+                        return
+                except Exception as exc:  # noqa: BLE001 - the store is down: try again next time
+                    log.warning("lease on %s not renewed: %s", case_id, exc)
+
+        keeper = threading.Thread(target=renew, name=f"lease-{case_id}", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            done.set()
+            keeper.join(timeout=5)
 
     def release(self, case_id: str) -> None:
         with self.db.transaction() as conn:

@@ -115,7 +115,8 @@ def leased(rt: Runtime, case_id: str) -> Iterator[bool]:
             yield False
             return
         try:
-            yield True
+            with rt.cases.kept(case_id):
+                yield True
         finally:
             rt.cases.release(case_id)
     finally:

@@ -125,6 +125,35 @@ def test_of_processes_taking_the_same_lease_exactly_one_wins_and_a_killed_holder
         _kill(workers)
 
 
+def _keep(target: str, case_id: str, results: Any) -> None:
+    store = CaseStore(target)
+    results.put(store.lease(case_id))
+    with store.kept(case_id):
+        time.sleep(60)  # a long investigation, until killed
+
+
+def test_a_live_holder_keeps_its_lease_past_its_length(state_db: StateDb, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lease is renewed while its holder works: a 1-second lease held for 3 seconds is not taken."""
+    import siemcrew.crew.casestore as casestore
+
+    monkeypatch.setattr(casestore, "LEASE_SECONDS", 1.0)  # the forked holder inherits it
+    target = state_db.target("cases")
+    results = FORK.Queue()
+    holder = FORK.Process(target=_keep, args=(target, "case-long", results))
+    holder.start()
+    try:
+        assert results.get(timeout=30)
+        time.sleep(3.0)
+        store = CaseStore(target)
+        assert not store.lease("case-long")
+        with store.db.transaction() as conn:
+            expires = conn.execute(text("SELECT expires FROM leases WHERE case_id = 'case-long'")).scalar()
+        assert expires > time.time()  # pushed on by the holder, not left to lapse
+    finally:
+        _kill([holder])
+    assert _until(lambda: CaseStore(target).lease("case-long"))
+
+
 def test_a_lease_row_of_a_worker_on_another_machine(state_db: StateDb) -> None:
     """SQLite (one machine) keeps a lease of another host until it expires; on PostgreSQL the lease is the
     holder's session lock, so a row left by a worker whose session is gone does not block anyone."""
