@@ -16,11 +16,12 @@ escalated, or waiting for approval).
 Reported per worker count: alerts/minute (first enqueue to last verdict), time to verdict p50/p95
 (enqueue to verdict: queue wait included), investigation p50/p95 (task start to verdict), model calls
 and searches per alert, peak RSS of a pool process, CPU seconds of the workers and of this process
-(the emulators), and the efficiency against linear scaling from one worker. Writes
-benchmarks/results/scale.json.
+(the emulators), the size of the state files, and the efficiency against linear scaling from one worker
+(this run's first round, or the 1-worker round of `--linear-from`). Writes benchmarks/results/scale.json.
 
     python benchmarks/scale.py [--alerts 500 | --alerts-per-worker 12] [--workers 1,2,4,8] [--threads 1]
-                               [--llm-delay 1.0] [--search-delay 0.5] [--siem-cap 0]
+                               [--llm-delay 1.0] [--search-delay 0.5] [--siem-cap 0] [--out FILE]
+                               [--linear-from FILE] [--keep]
 """
 
 from __future__ import annotations
@@ -64,14 +65,14 @@ class Oracle(dict[str, dict[str, Any]]):
         return super().get(self.family.get(key, key), default)
 
 
-def playbook_oracle(names: list[str]) -> dict[str, dict[str, Any]]:
+def playbook_oracle(names: list[str], work: Path) -> dict[str, dict[str, Any]]:
     """What the deterministic playbooks conclude on the demo alerts (the reference the model follows)."""
     from siemcrew.config.settings import Settings
     from siemcrew.crew.models import Alert
     from siemcrew.crew.operations import investigate
     from siemcrew.crew.runtime import Runtime
 
-    rt = Runtime(Settings.load(ROOT / "examples" / "demo.yaml", home=tempfile.mkdtemp(prefix="bench-scale-oracle-")))
+    rt = Runtime(Settings.load(ROOT / "examples" / "demo.yaml", home=str(work / "oracle")))
     out = {}
     for name in names:
         case = investigate(rt, Alert.model_validate_json((ROOT / "examples" / "alerts" / f"{name}.json").read_text()))
@@ -210,6 +211,7 @@ def one_round(workers: int, args: argparse.Namespace, model_url: str, redis_port
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
     cases = store.list(limit=100_000)
+    state_mb = {p.name: round(p.stat().st_size / 2**20, 1) for p in sorted(home.iterdir()) if p.is_file()}
     audit = [json.loads(line) for line in (home / "audit.jsonl").read_text().splitlines() if line.strip()]
     enqueued = {r["case_id"]: ts(r["ts"]) for r in audit if r["kind"] == "enqueued"}
     begun: dict[str, float] = {}
@@ -235,6 +237,7 @@ def one_round(workers: int, args: argparse.Namespace, model_url: str, redis_port
         "peak_rss_mb_worker_main": round(max(peaks.get(p.pid, 0.0) for p in procs), 1),
         "worker_cpu_s": round(worker_cpu, 1), "emulators_cpu_s": round(here_cpu, 1),
         "wall_enqueue_to_done_s": round(finished - started, 1),
+        "state_mb": {name: mb for name, mb in state_mb.items() if mb >= 0.1},
     }
 
 
@@ -249,6 +252,9 @@ def main() -> None:
     parser.add_argument("--search-delay", type=float, default=0.5, help="seconds each SIEM search takes")
     parser.add_argument("--siem-cap", type=int, default=0, help="searches the SIEM runs at once (0: no cap)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--linear-from", type=Path, default=None,
+                        help="results of an earlier run whose 1-worker round is the linear reference")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (homes, worker logs)")
     args = parser.parse_args()
     if not shutil.which("redis-server"):
         raise SystemExit("redis-server is needed (apt-get install -y redis-server)")
@@ -260,7 +266,8 @@ def main() -> None:
 
     names = sorted(EXPECTED)
     family: dict[str, str] = {}
-    model = CompetentModel(Oracle(playbook_oracle(names), family))
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    model = CompetentModel(Oracle(playbook_oracle(names, work), family))
     lock = threading.Lock()
     calls = [0]
 
@@ -270,7 +277,6 @@ def main() -> None:
             calls[0] += 1
         return model(body)
 
-    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     events = splunk_events(*names)
     redis_proc, redis_port = start_redis(work)
     rows = []
@@ -288,7 +294,12 @@ def main() -> None:
     finally:
         redis_proc.terminate()
         redis_proc.wait(timeout=10)
-    base = rows[0]["alerts_per_minute"] / rows[0]["workers"] if rows else 0
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    reference = rows
+    if args.linear_from:
+        reference = [r for r in json.loads(args.linear_from.read_text())["rounds"] if r["workers"] == 1] or rows
+    base = reference[0]["alerts_per_minute"] / reference[0]["workers"] if reference else 0
     for row in rows:
         row["efficiency_vs_linear"] = round(row["alerts_per_minute"] / (base * row["workers"]), 2) if base else None
     result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
