@@ -76,6 +76,19 @@ class PostgresServer:
             "local all all trust\n"
             f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n"
             "host all all 127.0.0.1/32 trust\n", encoding="utf-8")
+        for attempt in range(3):  # a port taken between choosing and binding (parallel test runs): choose again
+            if attempt:
+                self.port = _free_port()
+            if self._listen():
+                break
+        else:
+            raise RuntimeError("PostgreSQL did not start: "
+                               + (self.root / "server.log").read_text(errors="replace")[-2000:])
+        self.admin(f"CREATE ROLE {APP_ROLE} LOGIN")
+        self.admin(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{PASSWORD}'")
+
+    def _listen(self) -> bool:
+        """Start the server on self.port; False when it exited (e.g. the port was taken)."""
         log = open(self.root / "server.log", "wb")
         self.process = subprocess.Popen(self._command(
             str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.root),
@@ -86,14 +99,15 @@ class PostgresServer:
         while True:
             try:
                 self.admin("SELECT 1")
-                break
+                return True
             except Exception:  # noqa: BLE001 - not up yet
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("PostgreSQL did not start: "
-                                       + (self.root / "server.log").read_text(errors="replace")[-2000:]) from None
+                if self.process.poll() is not None:
+                    return False
+                if time.monotonic() > deadline:
+                    self.process.kill()
+                    self.process.wait(timeout=10)
+                    return False
                 time.sleep(0.1)
-        self.admin(f"CREATE ROLE {APP_ROLE} LOGIN")
-        self.admin(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{PASSWORD}'")
 
     def admin(self, sql: str, dbname: str = "postgres") -> list[tuple[object, ...]]:
         """Run one statement as the superuser (autocommit)."""
