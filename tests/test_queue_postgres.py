@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from servers.workers import STOPS, Deployment, copies, demo_alert, demo_alerts, deployment
+from servers.workers import STOPS, Deployment, copies, demo_alert, demo_alerts, deployment, parent_pid
 
 from emulators.e2e_helpers import EXPECTED, serve  # isort: skip
 
@@ -57,14 +57,6 @@ def machines(redis_server: Any, postgres: Any, tmp_path_factory: pytest.TempPath
             dep.stop_all()
 
 
-def _executions(dep: Deployment) -> Counter[str]:
-    return Counter(r["data"]["key"] for r in dep.audit("action_start"))
-
-
-def _deliveries(dep: Deployment, case_id: str, task: str) -> list[dict[str, Any]]:
-    return [r["data"] for r in dep.audit("task") if r.get("case_id") == case_id and r["data"]["task"] == task]
-
-
 def test_a_burst_fetched_on_two_machines_is_one_case_per_alert_and_each_action_once(machines: Machines) -> None:
     a, b = machines.a, machines.b
     wa = a.start_worker("a1", wait=False)
@@ -84,7 +76,7 @@ def test_a_burst_fetched_on_two_machines_is_one_case_per_alert_and_each_action_o
         assert (case.status == "closed") == benign, (case.id, case.status, case.verdict)
     triaged = Counter(r["case_id"] for r in a.audit("stage") if r["data"]["stage"] == "triage")
     assert set(triaged) == {c.id for c in cases} and set(triaged.values()) == {1}
-    executions = _executions(a)
+    executions = a.executions()
     assert executions and max(executions.values()) == 1, executions.most_common(3)
     assert {r["data"]["worker"] for r in a.audit("task")} == {"a1@test", "b1@test"}  # both machines worked
     for dep in (a, b):
@@ -108,7 +100,7 @@ def test_a_machine_lost_mid_action_leaves_its_case_to_the_other(machines: Machin
             assert answer.status_code == 202, answer.text
             case_id = answer.json()["case_ids"][0]
         held_pid = int(a.wait_file(Path(f"{once}-after_action_block_indicator")))
-        holder = next(w for w in machines.workers if w.process.poll() is None and held_pid in _family_of(w))
+        holder = next(w for w in machines.workers if w.process.poll() is None and parent_pid(held_pid) == w.process.pid)
         holder.kill()
         survivor = "b1@test" if holder.name == "a1" else "a1@test"
         a.wait_cases(lambda cs: {c.id: c.status for c in cs}.get(case_id) in STOPS, timeout_s=90)
@@ -117,24 +109,11 @@ def test_a_machine_lost_mid_action_leaves_its_case_to_the_other(machines: Machin
             dep.faults()
     case = {c.id: c for c in b.cases()}[case_id]
     assert case.status == "awaiting_approval" and case.verdict == "malicious"
-    deliveries = _deliveries(a, case_id, "investigate")
+    deliveries = a.deliveries(case_id, "investigate")
     assert [d["worker"] for d in deliveries][-1] == survivor and len(deliveries) == 2, deliveries
-    blocks = [k for k, n in _executions(b).items() if k.startswith(f"{case_id}:block_indicator:")]
-    assert blocks and all(_executions(b)[k] == 1 for k in blocks)
+    blocks = {k: n for k, n in b.executions().items() if k.startswith(f"{case_id}:block_indicator:")}
+    assert blocks and set(blocks.values()) == {1}
     assert [r["case_id"] for r in a.audit("resume_after_crash")] == [case_id]
-
-
-def _family_of(worker: Any) -> set[int]:
-    """The worker's main process and its pool processes."""
-    pids = {worker.process.pid}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == worker.process.pid:
-            pids.add(int(stat.parent.name))
-    return pids
 
 
 def test_a_flow_paused_on_one_machine_resumes_on_the_other(machines: Machines) -> None:
@@ -150,7 +129,7 @@ def test_a_flow_paused_on_one_machine_resumes_on_the_other(machines: Machines) -
         r["case_id"] for r in a.audit("task") if r["data"]["task"] == "investigate"}), key=lambda c: c.id)
     assert waiting, [(c.id, c.status) for c in a.cases()]
     case = waiting[0]
-    paused_by = _deliveries(a, case.id, "investigate")[-1]["worker"]
+    paused_by = a.deliveries(case.id, "investigate")[-1]["worker"]
     paused_on, other = (a, b) if paused_by.startswith("a") else (b, a)
     for worker in paused_on.workers:
         worker.stop()
@@ -162,11 +141,11 @@ def test_a_flow_paused_on_one_machine_resumes_on_the_other(machines: Machines) -
                              "--json")
         assert proc.returncode == 0, proc.stderr[-2000:]
     done = other.wait_cases(lambda cs: {c.id: c.status for c in cs}.get(case.id) == "escalated", timeout_s=90)
-    resumed = _deliveries(a, case.id, "resume")
+    resumed = a.deliveries(case.id, "resume")
     alive = {f"{w.name}@test" for w in other.workers if w.process.poll() is None}
     assert resumed and {d["worker"] for d in resumed} <= alive and paused_by not in alive
-    isolations = [k for k, n in _executions(a).items() if k.startswith(f"{case.id}:isolate_host:")]
-    assert isolations and all(_executions(a)[k] == 1 for k in isolations)
+    isolations = {k: n for k, n in a.executions().items() if k.startswith(f"{case.id}:isolate_host:")}
+    assert isolations and set(isolations.values()) == {1}
     assert {c.id: c for c in done}[case.id].verdict == "malicious"
     verify = other.cli("audit", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr

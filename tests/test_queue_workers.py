@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from siemcrew.crew.checkpoints import CheckpointStore
-from servers.workers import STOPS, Deployment, copies, demo_alert, demo_alerts, deployment
+from servers.workers import STOPS, Deployment, copies, demo_alert, demo_alerts, deployment, parent_pid
 
 from emulators.e2e_helpers import EXPECTED, serve  # isort: skip
 
@@ -88,15 +88,6 @@ def _quiet(dep: Deployment, redis: Any, timeout_s: float = 60.0) -> None:
         time.sleep(0.3)
 
 
-def _executions(dep: Deployment) -> Counter[str]:
-    """How often the executor started each action key (the audit's action_start records)."""
-    return Counter(r["data"]["key"] for r in dep.audit("action_start"))
-
-
-def _deliveries(dep: Deployment, case_id: str) -> list[dict[str, Any]]:
-    return [r["data"] for r in dep.audit("task") if r.get("case_id") == case_id]
-
-
 def _family(alert_id: str) -> str:
     return alert_id.rsplit("-c", 1)[0]
 
@@ -129,7 +120,7 @@ def test_two_workers_finish_a_burst_with_no_duplicate_case_or_action(fleet: Depl
             assert case.verdict in ("malicious", "suspicious") and case.status != "closed", case.id
     triaged = Counter(r["case_id"] for r in dep.audit("stage") if r["data"]["stage"] == "triage")
     assert set(triaged) == {c.id for c in cases} and set(triaged.values()) == {1}  # each flow ran once
-    executions = _executions(dep)
+    executions = dep.executions()
     assert executions and max(executions.values()) == 1, executions.most_common(3)
     assert len(executions) == sum(1 for c in cases for r in c.results if r.executor != "policy" and r.state != "skipped")
     assert {r["data"]["worker"] for r in dep.audit("task")} == {"w1@test", "w2@test"}
@@ -147,7 +138,7 @@ def test_approvals_while_every_worker_is_down_resume_on_another_worker(fleet: De
     by_http, by_cli = waiting[0], waiting[1]
     for worker in dep.workers:
         worker.stop()
-    assert {d["worker"] for c in (by_http, by_cli) for d in _deliveries(dep, c.id)} <= {"w1@test", "w2@test"}
+    assert {d["worker"] for c in (by_http, by_cli) for d in dep.deliveries(c.id)} <= {"w1@test", "w2@test"}
     from siemcrew.crew.approvals import ApprovalStore
 
     pending = ApprovalStore(dep.home / "approvals.db").pending()
@@ -171,9 +162,9 @@ def test_approvals_while_every_worker_is_down_resume_on_another_worker(fleet: De
     dep.wait_ready(w3)
     dep.wait_cases(lambda cs: {c.id: c.status for c in cs}.get(new_case) in STOPS and all(
         c.status == "escalated" for c in cs if c.id in (by_http.id, by_cli.id)))
-    executions = _executions(dep)
+    executions = dep.executions()
     for case in (by_http, by_cli):
-        done = [d for d in _deliveries(dep, case.id) if d["task"] == "resume"]
+        done = dep.deliveries(case.id, "resume")
         assert done and {d["worker"] for d in done} <= {"w3@test", "w4@test"}  # paused on w1/w2, resumed here
         isolations = [k for k in executions if k.startswith(f"{case.id}:isolate_host:")]
         assert isolations and all(executions[k] == 1 for k in isolations)
@@ -197,27 +188,22 @@ def test_workers_killed_mid_investigation_and_mid_action_leave_the_case_to_anoth
         os.kill(pool_pid, signal.SIGKILL)  # a worker's pool process, mid-investigation
         held_pid = int(dep.wait_file(Path(f"{once}-after_action_block_indicator")))
         assert held_pid != pool_pid
-        holder = next(w for w in dep.workers if w.process.poll() is None and _parent(held_pid) == w.process.pid)
+        holder = next(w for w in dep.workers if w.process.poll() is None and parent_pid(held_pid) == w.process.pid)
         holder.kill()  # the whole worker, mid-action: main process and pool
         dep.wait_cases(_stopped(case_id), timeout_s=90)
     finally:
         dep.faults()
     case = {c.id: c for c in dep.cases()}[case_id]
     assert case.status == "awaiting_approval" and case.verdict == "malicious"
-    deliveries = [d for d in _deliveries(dep, case_id) if d["task"] == "investigate"]
+    deliveries = dep.deliveries(case_id, "investigate")
     assert [d["deaths"] for d in deliveries] == [0, 1, 2], deliveries
     assert len({d["pid"] for d in deliveries}) == 3
     assert deliveries[-1]["worker"] != holder.name + "@test"
-    executions = _executions(dep)
+    executions = dep.executions()
     blocks = [k for k in executions if k.startswith(f"{case_id}:block_indicator:")]
     assert blocks and all(executions[k] == 1 for k in blocks), executions
     assert {r.state for r in case.results if r.action == "block_indicator"} == {"dry_run"}
     assert len([r for r in dep.audit("resume_after_crash") if r["case_id"] == case_id]) == 2
-
-
-def _parent(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[1])
 
 
 def test_poison_lands_in_the_dead_letter_state_and_can_be_requeued(fleet: Deployment, gateway: str) -> None:

@@ -267,6 +267,13 @@ class BudgetedLLM(BaseLLM):
         return answer
 
 
+_MODELS = threading.local()
+"""This thread's provider models, by their options: building one costs two TLS contexts (~0.1 s of CPU,
+a fifth of a worker's CPU per alert when built per role and case) and drops the connection pool. A thread
+uses its model for one call at a time, so the meter's and the usage counter's deltas stay the call's."""
+MODELS_KEPT = 4
+
+
 def _provider_model(settings: LlmSettings) -> tuple[Any, RequestMeter | None]:
     """The crewAI model for these settings, kept per thread (a changed setting or secret builds a new one)."""
     from crewai import LLM
@@ -312,13 +319,6 @@ def _proxied(base_url: str | None) -> bool:
     if not (proxies.get(scheme) or proxies.get("all")):
         return False
     return not urllib.request.proxy_bypass(host)
-
-
-_MODELS = threading.local()
-"""This thread's provider models, by their options: building one costs two TLS contexts (~0.1 s of CPU,
-a fifth of a worker's CPU per alert when built per role and case) and drops the connection pool. A thread
-uses its model for one call at a time, so the meter's and the usage counter's deltas stay the call's."""
-MODELS_KEPT = 4
 
 
 def budgeted_llm(settings: LlmSettings, ctx: Any, inner: Any = None) -> BudgetedLLM:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -153,6 +154,20 @@ class Deployment:
 
     def audit(self, kind: str | None = None) -> list[dict[str, Any]]:
         return [r.model_dump() for r in self.storage.audit_log().read(kind=kind)]
+
+    def executions(self) -> Counter[str]:
+        """How often the executor started each action key (the audit's action_start records)."""
+        return Counter(r["data"]["key"] for r in self.audit("action_start"))
+
+    def deliveries(self, case_id: str, task: str | None = None) -> list[dict[str, Any]]:
+        """The task deliveries workers recorded for a case (of one task kind if given), in order."""
+        return [r["data"] for r in self.audit("task")
+                if r.get("case_id") == case_id and (task is None or r["data"]["task"] == task)]
+
+
+def parent_pid(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1])
 
 
 def deployment(root: Path, redis: Any, alerts: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None,
